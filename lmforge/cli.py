@@ -1,0 +1,194 @@
+"""`lmforge VERB ...`: one verb per stage. Parses, loads the config, calls the stage's entry point.
+
+Every verb takes `--config FILE` and any number of `section.key=value` overrides among its arguments;
+without a config file it runs on defaults and its positional inputs. Bad input prints one line
+`error: ...` and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from lmforge.config import Config, dump_yaml, is_override, load_config
+from lmforge.errors import LmforgeError
+from lmforge.runs import setup_console_logging
+
+
+def _split_args(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional tokens into (inputs, overrides)."""
+    inputs, overrides = [], []
+    for token in tokens:
+        (overrides if is_override(token) else inputs).append(token)
+    return inputs, overrides
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[Config, list[str]]:
+    inputs, overrides = _split_args(getattr(args, "args", []))
+    cfg = load_config(args.config, [*extra, *overrides])
+    if getattr(args, "on_error", None):
+        cfg = load_config(args.config, [*extra, *overrides, f"run.on_error={args.on_error}"])
+    return cfg, inputs
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    if inputs:
+        raise LmforgeError(f"config show: unexpected argument '{inputs[0]}' (overrides look like section.key=value)")
+    sys.stdout.write(dump_yaml(cfg))
+    return 0
+
+
+def _no_extra_inputs(verb: str, inputs: list[str]) -> None:
+    if inputs:
+        raise LmforgeError(f"{verb}: unexpected argument '{inputs[0]}' (overrides look like section.key=value)")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from lmforge.data.prepare import run_prepare
+
+    cfg, inputs = _config(args)
+    if inputs:
+        cfg.data.inputs = inputs
+    run_prepare(cfg, out=args.out)
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from lmforge.tokenizer.train import run_train
+
+    cfg, inputs = _config(args)
+    if inputs:
+        cfg.tokenizer.inputs = inputs
+    run_train(cfg, out=args.out)
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from lmforge.tokenizer.encode import run_encode
+
+    cfg, inputs = _config(args)
+    if args.tokenizer:
+        cfg.tokenizer.path = args.tokenizer
+    if len(inputs) > 1:
+        raise LmforgeError(f"tokenizer encode: one prepared data directory expected, got {len(inputs)}")
+    run_encode(cfg, data_dir=inputs[0] if inputs else None, out=args.out)
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from lmforge.model.presets import print_model_info
+
+    cfg, inputs = _config(args)
+    _no_extra_inputs("model info", inputs[1:])
+    if inputs:
+        cfg.model.preset = inputs[0]
+    print_model_info(cfg.model, batch_size=cfg.train.batch_size)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from lmforge.train.pretrain import run_pretrain
+
+    cfg, inputs = _config(args)
+    if len(inputs) > 1:
+        raise LmforgeError(f"pretrain: one token-shard directory expected, got {len(inputs)}")
+    if inputs:
+        cfg.train.data = inputs[0]
+    if args.out:
+        cfg.train.out = args.out
+    if args.resume:
+        cfg.train.resume = True
+    if args.device:
+        cfg.train.device = args.device
+    if args.strategy:
+        cfg.train.strategy = args.strategy
+    run_pretrain(cfg)
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, positional: str, help_text: str) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config; keys overridable as section.key=value")
+    p.add_argument("args", nargs="*", metavar=positional, help=help_text + "; and section.key=value overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="A language model's whole life: prepare, tokenize, pretrain, and more.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    p = verbs.add_parser("prepare", help="ingest, clean, deduplicate and split raw text")
+    _add_common(p, "PATH", "input files, directories or globs (.txt .jsonl .json .csv .tsv .parquet, .gz/.zst)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'prepare'>)")
+    p.add_argument("--on-error", choices=["raise", "skip"], help="skip bad records and count them in the report")
+    p.set_defaults(func=cmd_prepare)
+
+    p = verbs.add_parser("tokenizer", help="train a tokenizer; encode prepared data into token shards")
+    tok = p.add_subparsers(dest="tokenizer_verb", metavar="ACTION")
+    tok.required = True
+    t = tok.add_parser("train", help="train byte-level BPE or a char-level vocabulary")
+    _add_common(t, "INPUT", "a prepared data directory, or text/jsonl files")
+    t.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'tokenizer'>)")
+    t.set_defaults(func=cmd_tokenizer_train)
+    t = tok.add_parser("encode", help="encode every split of a prepared data directory into token shards")
+    _add_common(t, "DATA_DIR", "a prepared data directory")
+    t.add_argument("--tokenizer", "-t", metavar="PATH", help="tokenizer.json or its directory")
+    t.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'shards'>)")
+    t.set_defaults(func=cmd_tokenizer_encode)
+
+    p = verbs.add_parser("model", help="inspect model presets")
+    mod = p.add_subparsers(dest="model_verb", metavar="ACTION")
+    mod.required = True
+    m = mod.add_parser("info", help="parameters, FLOPs per token and memory of a preset or config")
+    _add_common(m, "PRESET", "a preset name (see `lmforge model info list`)")
+    m.set_defaults(func=cmd_model_info)
+
+    p = verbs.add_parser("pretrain", help="train a GPT from token shards")
+    _add_common(p, "SHARDS", "a token-shard directory (meta.json)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'pretrain'>)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last good checkpoint")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun: ddp or fsdp")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("config", help="show the resolved config")
+    cfgp = p.add_subparsers(dest="config_verb", metavar="ACTION")
+    cfgp.required = True
+    c = cfgp.add_parser("show", help="print defaults + CONFIG + overrides as YAML")
+    c.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config file")
+    c.add_argument("args", nargs="*", metavar="OVERRIDE", help="section.key=value")
+    c.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb == "config" and args.config and is_override(args.config):
+        args.args, args.config = [args.config, *args.args], None
+    setup_console_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except LmforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except MemoryError:
+        print("error: out of memory (try a smaller batch or model)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,427 @@
+"""One typed config for every stage: dataclasses, loaded from YAML, overridden by `section.key=value`.
+
+A config file holds any of the sections below; each verb reads the sections it needs. Every key can be
+set on the command line as a dotted override (`data.quality.min_chars=50`), values parsed as YAML
+scalars (`[a, b]` for lists). An unknown key is an error that names the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmforge.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # run directory name under runs_dir; default: the stage's name
+    runs_dir: str = "runs"
+    seed: int = 1337
+    on_error: Literal["raise", "skip"] = "raise"  # skip: drop bad records and count them in the report
+
+
+@dataclass
+class ReaderConfig:
+    txt_mode: Literal["file", "paragraph", "line"] = "file"  # a .txt document per file / blank-line block / line
+    text_field: str = "text"  # jsonl key or csv/parquet column holding the text
+    label_field: str | None = None  # classification label key/column, kept beside the text
+    instruction_fields: list[str] = field(default_factory=lambda: ["instruction", "input", "output"])
+    csv_delimiter: str | None = None  # None: ',' for .csv, tab for .tsv
+    max_record_mb: float = 32.0  # a single record (line, row, file) over this is a bad record
+
+
+@dataclass
+class NormalizeConfig:
+    enabled: bool = True
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
+    strip_html: bool = False
+    remove_control: bool = True  # control and zero-width characters, keeping \n and \t
+    normalize_whitespace: bool = True  # \r\n -> \n, trailing spaces, runs of 3+ blank lines
+
+
+@dataclass
+class LanguageConfig:
+    enabled: bool = True
+    keep: list[str] = field(default_factory=list)  # e.g. [en, zh]; empty keeps every language (and tags it)
+
+
+@dataclass
+class QualityConfig:
+    """Gopher/C4-style document filters; set a threshold to null to switch that rule off."""
+
+    enabled: bool = True
+    min_chars: int | None = 1
+    max_chars: int | None = None
+    min_words: int | None = 1  # CJK characters count as words, so Chinese text is not "no words"
+    max_words: int | None = None
+    min_mean_word_length: float | None = 2.0  # non-CJK text only
+    max_mean_word_length: float | None = 12.0
+    max_symbol_word_ratio: float | None = 0.1  # '#' and '...' per word
+    max_ellipsis_line_fraction: float | None = 0.3
+    max_bullet_line_fraction: float | None = 0.9
+    max_duplicate_line_fraction: float | None = None  # Gopher: 0.3; off by default (verse and dialogue repeat)
+    max_top_ngram_fraction: float | None = None  # Gopher: 0.2 for the most frequent word 2-gram
+    max_duplicate_ngram_fraction: float | None = None  # Gopher: 0.15 for repeated word 5-grams
+    min_alpha_word_fraction: float | None = 0.5  # share of words with at least one letter (CJK included)
+    drop_lorem_ipsum: bool = True  # C4
+
+
+@dataclass
+class PiiConfig:
+    enabled: bool = True
+    email: bool = True
+    phone: bool = True
+    ip: bool = True
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    shingle: Literal["char", "word"] = "char"
+    shingle_size: int = 5
+    num_perm: int = 128
+    bands: int = 32  # rows per band = num_perm / bands
+    threshold: float = 0.5  # estimated Jaccard at or above which a later document is a near-copy
+
+
+@dataclass
+class SplitConfig:
+    val: float = 0.1
+    test: float = 0.0
+    # A document at least this long is cut into contiguous train|val|test ranges (nanoGPT's last 10%);
+    # shorter documents go whole to one split, chosen by a seeded hash.
+    contiguous_min_chars: int = 100_000
+
+
+@dataclass
+class DataConfig:
+    inputs: list[str] = field(default_factory=list)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    pii: PiiConfig = field(default_factory=PiiConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    examples_per_step: int = 3  # removed examples kept in the report per step
+
+
+@dataclass
+class TokenizerConfig:
+    inputs: list[str] = field(default_factory=list)  # train: a prepared data dir, or text/jsonl files
+    path: str | None = None  # encode: a tokenizer.json (or the directory holding it)
+    kind: Literal["bpe", "char"] = "bpe"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    bos_token: str = "<|bos|>"
+    eos_token: str = "<|endoftext|>"
+    pad_token: str = "<|pad|>"
+    unk_token: str = "<|unk|>"
+    chat_tokens: list[str] = field(
+        default_factory=lambda: ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    )
+    jieba: bool = False  # pre-segment Chinese with jieba while training, so merges follow word boundaries
+    max_train_mb: float | None = None  # train on at most this much text (None: all)
+    shard_max_tokens: int = 500_000_000  # a split larger than this is written in several shard files
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = None  # a named preset (see `lmforge model info`); keys below override it
+    flavour: Literal["gpt2", "llama"] = "gpt2"
+    vocab_size: int | None = None  # None: taken from the tokenizer
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention (llama); None: = n_head
+    n_embd: int = 128
+    intermediate_size: int | None = None  # None: 4*n_embd (gpt2) or SwiGLU's ~8/3*n_embd (llama)
+    dropout: float = 0.0
+    bias: bool | None = None  # None: True for gpt2, False for llama
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adam", "sgd", "rmsprop"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd, rmsprop
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["cosine", "linear", "constant", "step", "plateau"] = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine/linear decay to lr * min_lr_ratio
+    step_size: int = 1000  # step: decay every step_size steps by gamma
+    gamma: float = 0.5  # step and plateau decay factor
+    patience: int = 3  # plateau: evaluations without improvement before decaying
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None  # directory of token shards (meta.json)
+    out: str | None = None
+    init_from: str | None = None  # a checkpoint directory to start from
+    max_steps: int = 1000
+    max_seconds: float | None = None  # stop after this much training wall-clock
+    batch_size: int = 16  # sequences per optimizer step across all processes
+    micro_batch_size: int | None = None  # sequences per forward pass; None = batch_size / world_size
+    sampling: Literal["random", "sequential"] = "random"  # random windows, or epoch-ordered packing
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    eval_every: int = 200
+    eval_batches: int = 20
+    early_stopping_patience: int | None = None  # evaluations without val improvement before stopping
+    sample_every_eval: bool = True
+    sample_tokens: int = 100
+    sample_prompt: str = "\n"
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    resume: bool = False
+    deterministic: bool = True
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+# ---------------------------------------------------------------------------------------------------------
+
+
+def valid_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, sections and leaves alike."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        sub = _dataclass_type(_hints(cls)[f.name])
+        if sub is not None:
+            keys.extend(valid_keys(sub, path + "."))
+    return keys
+
+
+def _closest(key: str, candidates: list[str]) -> str | None:
+    leaf = key.rsplit(".", 1)[-1]
+    # A misspelt leaf in the right section, or a leaf placed in the wrong section: try both.
+    by_path = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    by_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]
+    if by_leaf:
+        return difflib.get_close_matches(key, by_leaf, n=1, cutoff=0.0)[0]
+    if by_path:
+        return by_path[0]
+    leaves = difflib.get_close_matches(leaf, [c.rsplit(".", 1)[-1] for c in candidates], n=1, cutoff=0.75)
+    if leaves:
+        return next(c for c in candidates if c.rsplit(".", 1)[-1] == leaves[0])
+    return None
+
+
+def unknown_key_error(key: str, where: str = "") -> ConfigError:
+    hint = _closest(key, valid_keys())
+    suffix = f" (did you mean '{hint}'?)" if hint else ""
+    return ConfigError(f"{where}unknown config key '{key}'{suffix}")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _dataclass_type(tp: Any) -> type | None:
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the type hint `tp`, converting where YAML is looser than Python."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(f"{where}config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}config key '{key}': expected one of {list(args)}, got {value!r}")
+    if origin is list:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            value = [value]  # `data.inputs=file.txt` means a one-item list
+        if not isinstance(value, list | tuple):
+            raise bad
+        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
+    sub = _dataclass_type(tp)
+    if sub is not None:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}config key '{key}': expected a mapping, got {value!r}")
+        return _build(sub, value, key + ".", where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if tp is Any:
+        return value
+    raise bad
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise unknown_key_error(f"{prefix}{key}", where)
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", where)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b.c=value` -> ('a.b.c', parsed value); the value is read as a YAML scalar or flow list."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def is_override(token: str) -> bool:
+    """A command-line token that sets a config key: `section.key=value` with a known section."""
+    key, sep, _ = token.partition("=")
+    section = key.split(".", 1)[0]
+    return bool(sep) and "." in key and section in {f.name for f in dataclasses.fields(Config)}
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file, then each `key=value` override, validated as a whole."""
+    tree: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        path = Path(path)
+        where = f"{path}: "
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}{line}: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of sections")
+        tree = loaded
+    cfg = _build(Config, tree, "", where)
+    for text in overrides:
+        key, value = parse_override(text)
+        cfg = apply_override(cfg, key, value)
+    return cfg
+
+
+def apply_override(cfg: Config, key: str, value: Any) -> Config:
+    """Return a copy of `cfg` with one dotted key set, checked against the key's type."""
+    if key not in valid_keys():
+        raise unknown_key_error(key, "override: ")
+    tree = to_dict(cfg)
+    _set_dotted(tree, key, value)
+    return _build(Config, tree, "", "override: ")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
