@@ -26,10 +26,9 @@ def _split_args(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> tuple[Config, list[str]]:
     inputs, overrides = _split_args(getattr(args, "args", []))
-    cfg = load_config(args.config, [*extra, *overrides])
     if getattr(args, "on_error", None):
-        cfg = load_config(args.config, [*extra, *overrides, f"run.on_error={args.on_error}"])
-    return cfg, inputs
+        overrides.append(f"run.on_error={args.on_error}")
+    return load_config(args.config, [*extra, *overrides]), inputs
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -46,9 +45,9 @@ def _no_extra_inputs(verb: str, inputs: list[str]) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
     from lmforge.data.prepare import run_prepare
 
-    cfg, inputs = _config(args)
     if inputs:
         cfg.data.inputs = inputs
     run_prepare(cfg, out=args.out)
@@ -56,9 +55,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
     from lmforge.tokenizer.train import run_train
 
-    cfg, inputs = _config(args)
     if inputs:
         cfg.tokenizer.inputs = inputs
     run_train(cfg, out=args.out)
@@ -66,9 +65,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
     from lmforge.tokenizer.encode import run_encode
 
-    cfg, inputs = _config(args)
     if args.tokenizer:
         cfg.tokenizer.path = args.tokenizer
     if len(inputs) > 1:
@@ -78,9 +77,9 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
     from lmforge.model.presets import print_model_info
 
-    cfg, inputs = _config(args)
     _no_extra_inputs("model info", inputs[1:])
     if inputs:
         cfg.model.preset = inputs[0]
@@ -89,9 +88,9 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
     from lmforge.train.pretrain import run_pretrain
 
-    cfg, inputs = _config(args)
     if len(inputs) > 1:
         raise LmforgeError(f"pretrain: one token-shard directory expected, got {len(inputs)}")
     if inputs:
