@@ -168,7 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Positionals (inputs, overrides) may come after options: argparse leaves those to parse_known_args.
+    args, rest = parser.parse_known_args(argv)
+    unknown = [t for t in rest if t.startswith("-") and not is_override(t)]
+    if unknown or (rest and not hasattr(args, "args")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or rest)}")
+    if rest:
+        args.args = [*args.args, *rest]
     if args.verb == "config" and args.config and is_override(args.config):
         args.args, args.config = [args.config, *args.args], None
     setup_console_logging(args.verbose)

@@ -48,13 +48,18 @@ class NormalizeConfig:
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFC"
     strip_html: bool = False
     remove_control: bool = True  # control and zero-width characters, keeping \n and \t
-    normalize_whitespace: bool = True  # \r\n -> \n, trailing spaces, runs of 3+ blank lines
+    normalize_whitespace: bool = True  # \r\n -> \n, runs of blank lines, blank lines at the ends
+    max_blank_lines: int = 2  # longer runs of blank lines shrink to this many
+    # Off by default so raw text (tiny-shakespeare has two such lines) keeps nanoGPT's exact split.
+    strip_trailing_spaces: bool = False
 
 
 @dataclass
 class LanguageConfig:
     enabled: bool = True
     keep: list[str] = field(default_factory=list)  # e.g. [en, zh]; empty keeps every language (and tags it)
+    sample_chars: int = 10_000  # long documents are judged on this many characters (start, middle, end)
+    min_function_word_fraction: float = 0.1  # Latin script: share of en/de/fr/es function words to tag it
 
 
 @dataclass
@@ -71,9 +76,12 @@ class QualityConfig:
     max_symbol_word_ratio: float | None = 0.1  # '#' and '...' per word
     max_ellipsis_line_fraction: float | None = 0.3
     max_bullet_line_fraction: float | None = 0.9
+    min_lines_for_line_rules: int = 3  # line-share rules (ellipsis, bullet, duplicate) need this many lines
     max_duplicate_line_fraction: float | None = None  # Gopher: 0.3; off by default (verse and dialogue repeat)
     max_top_ngram_fraction: float | None = None  # Gopher: 0.2 for the most frequent word 2-gram
+    top_ngram_size: int = 2
     max_duplicate_ngram_fraction: float | None = None  # Gopher: 0.15 for repeated word 5-grams
+    duplicate_ngram_size: int = 5
     min_alpha_word_fraction: float | None = 0.5  # share of words with at least one letter (CJK included)
     drop_lorem_ipsum: bool = True  # C4
 
@@ -95,6 +103,7 @@ class DedupConfig:
     num_perm: int = 128
     bands: int = 32  # rows per band = num_perm / bands
     threshold: float = 0.5  # estimated Jaccard at or above which a later document is a near-copy
+    near_min_words: int = 10  # shorter documents (CJK characters count as words) get exact dedup only
 
 
 @dataclass
@@ -136,6 +145,7 @@ class TokenizerConfig:
     jieba: bool = False  # pre-segment Chinese with jieba while training, so merges follow word boundaries
     max_train_mb: float | None = None  # train on at most this much text (None: all)
     shard_max_tokens: int = 500_000_000  # a split larger than this is written in several shard files
+    model_max_length: int | None = None  # tokenizer_config.json's model_max_length; None: model.block_size
 
 
 @dataclass
@@ -208,12 +218,36 @@ class TrainConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """`lmforge generate` and `lmforge chat`: the model, the prompts and how to sample."""
+
+    model: str | None = None  # a checkpoint, run directory or Hugging Face directory
+    prompt: list[str] = field(default_factory=list)  # several prompts are decoded as one batch
+    prompts_file: str | None = None  # more prompts: one per line (.txt) or {"prompt": ...} per line (.jsonl)
+    max_new_tokens: int = 256
+    temperature: float = 0.8  # 0: greedy
+    top_k: int | None = None  # keep the k most likely tokens (None or 0: off)
+    top_p: float = 1.0  # nucleus: the smallest set of tokens holding this much probability (1: off)
+    min_p: float = 0.0  # drop tokens below min_p x the most likely token's probability (0: off)
+    repetition_penalty: float = 1.0  # CTRL-style penalty on tokens already seen (1: off)
+    stop: list[str] = field(default_factory=list)  # stop when the text contains one (it is not returned)
+    seed: int | None = None  # seeded sampling is reproducible
+    batch_size: int = 8  # prompts decoded together
+    use_cache: bool = True  # KV cache; off recomputes the whole sequence every step (same greedy output)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    system: str | None = None  # chat: the system message
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

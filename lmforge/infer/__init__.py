@@ -1,0 +1,1 @@
+"""Inference: loading any model we can run (`load`), sampling and streaming (`generate`)."""
