@@ -110,7 +110,9 @@ def flops_per_token(overrides: list[str], vocab: int) -> tuple[int, int]:
     return model.flops_per_token(), model.num_params()
 
 
-def run_pretrain(shards: Path, out: Path, overrides: list[str], config: Path | None = None) -> tuple[Path, int, float]:
+def run_pretrain(
+    shards: Path, out: Path, overrides: list[str], config: Path | None = None
+) -> tuple[Path, int, float]:
     """`lmforge pretrain` in a fresh subprocess; returns (run dir, peak RSS bytes, wall seconds)."""
     cmd = [sys.executable, "-c", RUNNER, "pretrain", str(shards)]
     if config is not None:
@@ -186,7 +188,10 @@ def main() -> None:
         cfg = load_config(config)
         # The cosine schedule needs a step count: estimate it from a short throughput run of the same config.
         probe, _, _ = run_pretrain(
-            shards, out / "quality-probe", [*common, "train.max_steps=60", "train.schedule.warmup_steps=5"], config
+            shards,
+            out / "quality-probe",
+            [*common, "train.max_steps=60", "train.schedule.warmup_steps=5"],
+            config,
         )
         probe_tok_s = train_tok_per_s(probe, skip_steps=20)
         steps = int(probe_tok_s * args.quality_seconds / (cfg.train.batch_size * cfg.model.block_size))
@@ -206,7 +211,9 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, n_params, tok_s, mfu, val, rss, wall in rows:
         val_s = f"{val:.4f}" if val is not None else "–"
-        print(f"| {label} | {n_params / 1e6:.2f}M | {tok_s:,.0f} | {mfu:.1%} | {val_s} | {rss / 2**20:,.0f} MiB | {wall:.0f} s |")
+        print(
+            f"| {label} | {n_params / 1e6:.2f}M | {tok_s:,.0f} | {mfu:.1%} | {val_s} | {rss / 2**20:,.0f} MiB | {wall:.0f} s |"
+        )
 
 
 def _model_overrides(cfg) -> dict:

@@ -107,6 +107,34 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lmforge.eval.tasks import describe_tasks
+
+    if args.list:
+        print(describe_tasks())
+        return 0
+    cfg, inputs = _config(args)
+    from lmforge.eval.evaluate import run_evaluate
+    from lmforge.eval.report import HEADLINE, fmt
+
+    if len(inputs) > 1:
+        raise LmforgeError(f"evaluate: one model expected, got {len(inputs)} (name tasks with --task)")
+    if inputs:
+        cfg.eval.model = inputs[0]
+    if args.task:
+        cfg.eval.tasks = list(args.task)
+    if args.limit is not None:
+        cfg.eval.limit = args.limit
+    if args.device:
+        cfg.eval.device = args.device
+    report = run_evaluate(cfg, out=args.out)
+    for name, result in report["tasks"].items():
+        keys = HEADLINE.get(result["kind"], list(result["metrics"])[:3])
+        shown = "  ".join(f"{k} {fmt(result['metrics'][k])}" for k in keys if k in result["metrics"])
+        print(f"{name:16} n={result['n']:<6} {shown}")
+    return 0
+
+
 def _add_common(p: argparse.ArgumentParser, positional: str, help_text: str) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config; keys overridable as section.key=value")
     p.add_argument("args", nargs="*", metavar=positional, help=help_text + "; and section.key=value overrides")
@@ -154,6 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun: ddp or fsdp")
     p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("evaluate", help="benchmarks and metrics of a model: perplexity, LAMBADA, BLEU, ...")
+    _add_common(p, "MODEL", "a checkpoint, run directory or Hugging Face directory")
+    p.add_argument("--task", "-t", action="append", metavar="NAME",
+                   help="a task (repeatable): wikitext2, lambada, lm, multiple_choice, classify, translate, "
+                        "multi30k, tatoeba_en_zh, tatoeba_zh_en, or a multiple-choice spec file")
+    p.add_argument("--limit", "-n", type=int, metavar="N", help="at most N examples per task (quick runs)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'evaluate'>)")
+    p.add_argument("--list", action="store_true", help="list the built-in tasks and exit")
+    p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("config", help="show the resolved config")
     cfgp = p.add_subparsers(dest="config_verb", metavar="ACTION")

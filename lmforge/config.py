@@ -161,6 +161,7 @@ class ModelConfig:
     intermediate_size: int | None = None  # None: 4*n_embd (gpt2) or SwiGLU's ~8/3*n_embd (llama)
     dropout: float = 0.0
     bias: bool | None = None  # None: True for gpt2, False for llama
+    qkv_bias: bool | None = None  # biases of the q/k/v projection only; None: = bias (Qwen2: true, bias false)
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
@@ -241,6 +242,90 @@ class GenerateConfig:
 
 
 @dataclass
+class EvalLMConfig:
+    """The generic `lm` task: perplexity and bits per byte of your own text."""
+
+    files: list[str] = field(default_factory=list)  # .txt (one document per file), .jsonl, or a prepared data dir
+    split: str = "test"  # the split read from a prepared data directory
+    text_field: str = "text"  # .jsonl key holding a document
+
+
+@dataclass
+class EvalMultipleChoiceConfig:
+    """The `multiple_choice` task: a .jsonl of questions and a small YAML/JSON spec (see lmforge/eval/tasks.py)."""
+
+    spec: str | None = None  # spec file; its `data` key names the .jsonl (relative to the spec) unless data is set
+    data: str | None = None
+
+
+@dataclass
+class EvalClassifyConfig:
+    """The `classify` task: gold labels from a data file, predictions from a file (or a classifier callable)."""
+
+    data: str | None = None  # .jsonl, .csv or .tsv with a text and a label per row
+    predictions: str | None = None  # one label per line (.txt), or .jsonl with a `prediction` key, in data order
+    labels: list[str] = field(default_factory=list)  # the known classes, in confusion-matrix order; []: from data
+    text_field: str = "text"
+    label_field: str = "label"
+
+
+@dataclass
+class EvalTranslateConfig:
+    """Generation tasks (`translate`, `multi30k`, `tatoeba_en_zh`, `tatoeba_zh_en`): greedy decoding, BLEU, chrF."""
+
+    source: str | None = None  # `translate`: one source sentence per line (.txt), or .jsonl with source/target
+    reference: str | None = None  # `translate` with a .txt source: the references, line-aligned
+    template: str | None = None  # prompt with a {source} slot; None: the task's own
+    tokenize: str | None = None  # sacrebleu tokenizer: 13a, zh, intl, char, none; None: the task's own
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=lambda: ["\n"])  # generation ends at the first of these
+
+
+@dataclass
+class EvalConfig:
+    """`lmforge evaluate`: which model, which tasks, how much of each, and how to window long documents."""
+
+    model: str | None = None  # a checkpoint, run directory or Hugging Face directory
+    tasks: list[str] = field(default_factory=list)  # task names (see `lmforge evaluate --list`) or spec files
+    limit: int | None = None  # at most this many examples (documents, passages, questions) per task
+    batch_size: int = 8  # sequences per forward pass
+    max_length: int | None = None  # tokens per forward pass (sliding window); None: the model's block_size
+    stride: int | None = None  # window step for long documents (< max_length); None: max_length // 2
+    truncation: Literal["left", "error"] = "left"  # an over-long context: drop its oldest tokens (counted), or fail
+    worst_n: int = 10  # worst examples per task written into the report
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    data_dir: str | None = None  # built-in benchmarks' data; None: $LMFORGE_SHARED_DATA, else ../shared/data
+    lm: EvalLMConfig = field(default_factory=EvalLMConfig)
+    multiple_choice: EvalMultipleChoiceConfig = field(default_factory=EvalMultipleChoiceConfig)
+    classify: EvalClassifyConfig = field(default_factory=EvalClassifyConfig)
+    translate: EvalTranslateConfig = field(default_factory=EvalTranslateConfig)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (lmforge/model/lora.py): which Linear layers get one, and its size."""
+
+    rank: int = 8
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the LoRA branch's input only
+    # fnmatch patterns over module names, matched whole or as a dotted suffix: `mlp.*` hits blocks.3.mlp.up
+    targets: list[str] = field(default_factory=lambda: ["attn.qkv", "attn.out"])
+
+
+@dataclass
+class ExportConfig:
+    """`lmforge export` (and `merge`, `convert`): which model, which format, where to."""
+
+    model: str | None = None  # a checkpoint, run directory, LoRA adapter directory or Hugging Face directory
+    format: str = "hf"  # hf (transformers directory) or safetensors (a clean lmforge checkpoint)
+    out: str | None = None  # the directory written; None: runs/<run.name or the verb>
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # weights as written
+    base: str | None = None  # a LoRA adapter's base model, overriding the path its adapter_config.json records
+    overwrite: bool = False  # replace an existing non-empty output directory that is not an earlier export
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +333,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -202,14 +202,10 @@ class NearDedup(Step):
             yield doc
 
     def _find(self, sig: np.ndarray, keys: list[int]) -> tuple[int, float] | None:
-        get = self._index.get
-        candidates: set[int] = set()
-        for key in keys:
-            hit = get(key)
-            if hit is not None:
-                candidates.update(hit)
-        if not candidates:
+        hits = [hit for hit in map(self._index.get, keys) if hit is not None]
+        if not hits:
             return None
+        candidates = set().union(*hits)
         ids = np.fromiter(candidates, dtype=np.int64, count=len(candidates))
         agree = np.count_nonzero(self._sigs[ids] == sig, axis=1)
         best = int(np.argmax(agree))

@@ -6,6 +6,7 @@ Hugging Face weights are read from safetensors only: we never unpickle a file a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.model.gpt import GPT, GPTConfig
-from lmforge.tokenizer import CONFIG_FILE, TOKENIZER_FILE, load_tokenizer
+from lmforge.tokenizer import CONFIG_FILE, TOKENIZER_FILE, load_tokenizer, read_tokenizer_config
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -29,15 +30,19 @@ class LoadedModel:
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
     source: Path = Path(".")
     kind: str = "lmforge"  # or "hf"
+    model_eos_id: int | None = None  # from the checkpoint's info.json or the HF config, when the tokenizer
+    # config does not name an EOS token
 
     @property
     def eos_id(self) -> int | None:
         token = self.tokenizer_config.get("eos_token")
         if isinstance(token, dict):
             token = token.get("content")
-        if self.tokenizer is None or not token:
-            return None
-        return self.tokenizer.token_to_id(token)
+        if self.tokenizer is not None and token:
+            found = self.tokenizer.token_to_id(token)
+            if found is not None:
+                return found
+        return self.model_eos_id
 
 
 def is_hf_dir(path: Path) -> bool:
@@ -45,10 +50,21 @@ def is_hf_dir(path: Path) -> bool:
 
 
 def _find_tokenizer(*dirs: Path) -> tuple[Tokenizer | None, dict[str, Any]]:
-    for d in dirs:
+    """The first tokenizer.json among `dirs`; its tokenizer_config.json (chat template, special tokens) from
+    the same directory, else from the first later one that has both files with an identical tokenizer.json
+    (a checkpoint copies only tokenizer.json; the shard directory it was trained on has the config)."""
+    for i, d in enumerate(dirs):
         if (d / TOKENIZER_FILE).is_file():
-            tok_cfg_file = d / CONFIG_FILE
-            tok_cfg = json.loads(tok_cfg_file.read_text(encoding="utf-8")) if tok_cfg_file.is_file() else {}
+            tok_file = d / TOKENIZER_FILE
+            tok_cfg: dict[str, Any] = {}
+            for other in dirs[i:]:
+                same = other == d or (
+                    (other / TOKENIZER_FILE).is_file()
+                    and (other / TOKENIZER_FILE).read_bytes() == tok_file.read_bytes()
+                )
+                if same and (other / CONFIG_FILE).is_file():
+                    tok_cfg = read_tokenizer_config(other)
+                    break
             return load_tokenizer(d), tok_cfg
     return None, {}
 
@@ -65,8 +81,13 @@ def _load_lmforge(path: Path) -> LoadedModel:
     check_shapes(ckpt, state, model.state_dict())
     model.load_state_dict(state)
     # The tokenizer travels with the checkpoint; older runs may keep it only in the run or shard dir.
-    tokenizer, tok_cfg = _find_tokenizer(ckpt, ckpt.parent.parent, path)
-    return LoadedModel(model, tokenizer, tok_cfg, ckpt, "lmforge")
+    info = read_json(ckpt, "info.json")
+    dirs = [ckpt, ckpt.parent.parent, path]
+    if isinstance(info.get("data"), str):
+        dirs.append(Path(info["data"]))
+    tokenizer, tok_cfg = _find_tokenizer(*dirs)
+    eos = info.get("eos_id")
+    return LoadedModel(model, tokenizer, tok_cfg, ckpt, "lmforge", eos if isinstance(eos, int) else None)
 
 
 def _load_hf(path: Path) -> LoadedModel:
@@ -95,7 +116,23 @@ def _load_hf(path: Path) -> LoadedModel:
         raise LmforgeError(f"{path}: weights lack tensor {exc.args[0]}") from None
     model.load_state_dict(state)
     tokenizer, tok_cfg = _find_tokenizer(path)
-    return LoadedModel(model, tokenizer, tok_cfg, path, "hf")
+    return LoadedModel(model, tokenizer, tok_cfg, path, "hf", _hf_eos_id(path, raw))
+
+
+def _hf_eos_id(path: Path, config: dict[str, Any]) -> int | None:
+    """eos_token_id of generation_config.json, else of config.json (the first one, if a list)."""
+    sources = [config]
+    gen_file = path / "generation_config.json"
+    if gen_file.is_file():
+        with contextlib.suppress(json.JSONDecodeError):
+            sources.insert(0, json.loads(gen_file.read_text(encoding="utf-8")))
+    for source in sources:
+        eos = source.get("eos_token_id") if isinstance(source, dict) else None
+        if isinstance(eos, list) and eos:
+            eos = eos[0]
+        if isinstance(eos, int):
+            return eos
+    return None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:

@@ -40,6 +40,7 @@ class GPTConfig:
     intermediate_size: int | None = None  # None: 4*n_embd (gpt2) or SwiGLU's ~8/3*n_embd (llama)
     dropout: float = 0.0
     bias: bool | None = None  # None: True for gpt2, False for llama
+    qkv_bias: bool | None = None  # biases of the q/k/v projection; None: = bias (Qwen2: True with bias False)
     tie_embeddings: bool = True
     flavour: Literal["gpt2", "llama"] = "gpt2"
     rope_theta: float = 10000.0
@@ -53,6 +54,8 @@ class GPTConfig:
             self.n_kv_head = self.n_head
         if self.bias is None:
             self.bias = self.flavour == "gpt2"
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
         if self.intermediate_size is None:
             self.intermediate_size = default_intermediate_size(self.flavour, self.n_embd)
         sizes = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size")
@@ -196,7 +199,7 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer  # index into the KV cache
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
         self.out = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)

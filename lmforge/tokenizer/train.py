@@ -1,7 +1,7 @@
 """`lmforge tokenizer train`: a byte-level BPE (GPT-2 style) or char-level tokenizer from text.
 
 Inputs are prepared data directories (their train split), .txt files (one document each) or .jsonl files
-(a "text" field per line). Text is streamed to the trainer in batches of ~64 KB pieces, up to
+(a "text" field per line). Text is streamed to the trainer in batches of ~1 KB pieces, up to
 `tokenizer.max_train_mb`. With `tokenizer.jieba`, Chinese is segmented into words for training only, so
 merges stay inside words; the saved tokenizer.json is the same standard byte-level BPE either way.
 
@@ -34,6 +34,9 @@ log = logging.getLogger("lmforge")
 
 BYTE_ALPHABET = 256
 READ_BLOCK_CHARS = 1 << 20  # .txt files are read in blocks of this many characters
+# The trainer counts words per string in parallel: ~1 KB strings balance the cores best (64 KB pieces,
+# as encode uses, train ~15% slower). Cuts fall where the pre-tokenizer splits anyway (see encode.py).
+TRAIN_PIECE_CHARS = 1024
 BATCH_ITEMS = 256  # strings per batch handed to the trainer
 
 
@@ -133,7 +136,7 @@ def iter_documents(path: Path) -> Iterator[Iterator[str]]:
 
 @dataclass
 class TrainingText:
-    """The training text of some input files as ~64 KB pieces, stopping after `max_bytes` bytes.
+    """The training text of some input files as ~1 KB pieces, stopping after `max_bytes` bytes.
 
     Counts what it gave out (`documents`, `chars`, `bytes`) as it is consumed.
     """
@@ -148,7 +151,7 @@ class TrainingText:
         for path in self.files:
             for blocks in iter_documents(path):
                 self.documents += 1
-                for piece in iter_pieces(blocks):
+                for piece in iter_pieces(blocks, TRAIN_PIECE_CHARS):
                     size = len(piece.encode("utf-8"))
                     if self.max_bytes is not None and self.bytes + size > self.max_bytes:
                         piece = piece.encode("utf-8")[: self.max_bytes - self.bytes].decode("utf-8", "ignore")

@@ -131,12 +131,12 @@ def test_char_level_vocab_cap_keeps_most_frequent(tmp_path: Path, make_config) -
 
 def test_jieba_merges_stay_inside_words(tmp_path: Path, corpora, make_config) -> None:
     pytest.importorskip("jieba")
-    text = corpora["hongloumeng"][0][:40_000]
+    text = corpora["hongloumeng"][0][:20_000]
     txt = tmp_path / "hlm.txt"
     txt.write_text(text, encoding="utf-8")
-    plain = load_tokenizer(run_train(make_config(inputs=[str(txt)], vocab_size=1500), out=tmp_path / "plain"))
+    plain = load_tokenizer(run_train(make_config(inputs=[str(txt)], vocab_size=800), out=tmp_path / "plain"))
     seg = load_tokenizer(
-        run_train(make_config(inputs=[str(txt)], vocab_size=1500, jieba=True), out=tmp_path / "j")
+        run_train(make_config(inputs=[str(txt)], vocab_size=800, jieba=True), out=tmp_path / "j")
     )
     words = "\n".join(jieba_words(text))
 

@@ -99,10 +99,13 @@ def test_kill_9_then_resume_is_bit_identical(shards: Path, tmp_path: Path) -> No
     ]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
     ref = subprocess.Popen(lmforge(*args, "--out", str(full)), env=env(), stderr=subprocess.DEVNULL)
-    victim = subprocess.Popen(lmforge(*args, "--out", str(killed)), env=env(), stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    victim_log = tmp_path / "victim.log"
+    with open(victim_log, "w") as log:
+        victim = subprocess.Popen(lmforge(*args, "--out", str(killed)), env=env(), stderr=log)
+    deadline = time.time() + 120
     while not (killed / "checkpoints" / "latest").exists():
-        assert time.time() < deadline and victim.poll() is None, "no checkpoint appeared"
+        assert victim.poll() is None, f"the run ended before its first checkpoint: {victim_log.read_text()[-2000:]}"
+        assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
     time.sleep(random.uniform(0.0, 0.4))
     victim.send_signal(signal.SIGKILL)
