@@ -31,6 +31,7 @@ bench: bench-data bench-train
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py --shared $(SHARED)
+	$(PY) benchmarks/bench_tokenizer.py --shared $(SHARED)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py --shared $(SHARED)
