@@ -7,6 +7,7 @@ settings, per-class tables), `notes` (anything that qualifies a number, e.g. tru
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,11 @@ def _task_section(name: str, result: dict[str, Any], plots: dict[str, str]) -> l
             lines += [f"![confusion matrix]({plots[name]})", ""]
     plain = {k: v for k, v in details.items() if not isinstance(v, dict | list)}
     if plain:
-        lines += ["Details: " + ", ".join(f"{k} = {fmt(v)}" for k, v in plain.items()), ""]
+        shown = (json.dumps(v, ensure_ascii=False) if isinstance(v, str) else fmt(v) for v in plain.values())
+        lines += ["Details:", "", *(f"- {k}: {v}" for k, v in zip(plain, shown)), ""]
     worst = result.get("worst") or []
     if worst:
-        lines += [f"### Worst {len(worst)} examples", ""]
+        lines += [f"### Worst examples ({len(worst)})", ""]
         keys = list(worst[0])
         lines += md_table(keys, [[w.get(k) for k in keys] for w in worst])
         lines.append("")

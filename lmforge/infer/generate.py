@@ -425,10 +425,10 @@ def _decode(
 
     with torch.inference_mode():
         tokens = torch.full((B, total + 1), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((B, total + 1), dtype=torch.bool, device=device)  # real tokens
+        mask = torch.ones((B, total + 1), dtype=torch.bool, device=device)  # real tokens (False: padding)
         for r, ids in enumerate(prompt_ids):
             tokens[r, P - len(ids) : P] = torch.tensor(ids, dtype=torch.long)
-            mask[r, P - len(ids) : P] = True
+            mask[r, : P - len(ids)] = False
         padded = any(len(p) < P for p in prompt_ids)  # then every forward gets the mask
         positions = torch.tensor([len(p) for p in prompt_ids], device=device)  # of the next token
         seen = None
@@ -463,14 +463,12 @@ def _decode(
             return
         L = P + step  # where the token just sampled goes
         with torch.inference_mode():
-            if finished_now:
+            if finished_now:  # finished rows are padding from here on
                 padded = True
                 done = torch.tensor([row.finish_reason is not None for row in rows], device=device)
                 mask[:, L:] = ~done[:, None]
             if padded:
                 next_ids = next_ids.masked_fill(~mask[:, L], pad_id)
-            else:
-                mask[:, L] = True
             tokens[:, L] = next_ids
             if seen is not None:
                 seen.scatter_(1, next_ids[:, None], True)

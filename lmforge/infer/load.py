@@ -1,6 +1,7 @@
-"""Load a model for inference from an lmforge checkpoint (or run directory) or a Hugging Face directory.
+"""Load a model for inference from an lmforge checkpoint (or run directory), a LoRA adapter directory
+(over its base model) or a Hugging Face directory (GPT-2, Llama, Mistral, Qwen2 causal LMs).
 
-Both give our `GPT` plus its tokenizer, so generation, evaluation and serving have one code path.
+All give our `GPT` plus its tokenizer, so generation, evaluation and serving have one code path.
 Hugging Face weights are read from safetensors only: we never unpickle a file a user hands us.
 """
 
@@ -10,7 +11,6 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,9 +29,10 @@ class LoadedModel:
     tokenizer: Tokenizer | None
     tokenizer_config: dict[str, Any] = field(default_factory=dict)
     source: Path = Path(".")
-    kind: str = "lmforge"  # or "hf"
+    kind: str = "lmforge"  # or "hf", or "lora" (an adapter applied over its base: the model has LoRA layers)
     model_eos_id: int | None = None  # from the checkpoint's info.json or the HF config, when the tokenizer
     # config does not name an EOS token
+    adapter: dict[str, Any] | None = None  # kind "lora": the adapter_config.json, base_model.path as loaded
 
     @property
     def eos_id(self) -> int | None:
@@ -99,13 +100,20 @@ def _load_hf(path: Path) -> LoadedModel:
         raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise LmforgeError(f"{path / 'config.json'}: not valid JSON ({exc.msg})") from None
-    cfg = config_from_hf(SimpleNamespace(**raw))
+    if not isinstance(raw, dict):
+        raise LmforgeError(f"{path / 'config.json'}: expected a JSON object")
+    try:
+        cfg = config_from_hf(raw)
+    except LmforgeError as exc:
+        raise LmforgeError(f"{path}: {exc}") from None
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise LmforgeError(f"{path}: no *.safetensors weights (pickled .bin files are not loaded)")
     hf_state: dict[str, torch.Tensor] = {}
     for f in files:
         hf_state.update(load_file(str(f)))
+    if cfg.flavour == "gpt2" and "transformer.wte.weight" not in hf_state:  # the original GPT-2 uploads
+        hf_state = {k if k.startswith("lm_head.") else f"transformer.{k}": v for k, v in hf_state.items()}
     if "lm_head.weight" not in hf_state:  # tied checkpoints may omit the head
         embed = "transformer.wte.weight" if cfg.flavour == "gpt2" else "model.embed_tokens.weight"
         hf_state["lm_head.weight"] = hf_state[embed]
@@ -135,11 +143,47 @@ def _hf_eos_id(path: Path, config: dict[str, Any]) -> int | None:
     return None
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
-    """Our GPT in eval mode, from a checkpoint dir, a run dir (its newest good checkpoint) or an HF dir."""
+def _load_adapter(path: Path, base: str | Path | None) -> LoadedModel:
+    """The adapter's base model (`base`, else the path adapter_config.json records) with the adapter
+    applied; refused, in one line, when the base is not the model the adapter was trained on."""
+    from lmforge.model.lora import attach_adapter, check_base, read_adapter, weights_sha256
+
+    config, state = read_adapter(path)
+    base_path = Path(base) if base is not None else Path(config.base.path)
+    if not base_path.exists():
+        hint = "" if base is not None else " (recorded in adapter_config.json; give the base explicitly)"
+        raise LmforgeError(f"adapter {path}: base model {base_path} not found{hint}")
+    if is_adapter_dir(base_path):
+        raise LmforgeError(f"adapter {path}: its base {base_path} is itself an adapter (merge that one first)")
+    loaded = _load_hf(base_path) if is_hf_dir(base_path) else _load_lmforge(base_path)
+    check_base(config, weights_sha256(loaded.source), loaded.model.config.to_dict(), str(loaded.source), path)
+    attach_adapter(loaded.model, config, state)
+    if (path / TOKENIZER_FILE).is_file():  # an adapter may carry its (the base's) tokenizer
+        loaded.tokenizer, loaded.tokenizer_config = _find_tokenizer(path, loaded.source)
+    adapter = config.to_dict()
+    adapter["base_model"]["path"] = str(loaded.source)
+    loaded.source, loaded.kind, loaded.adapter = path, "lora", adapter
+    return loaded
+
+
+def is_adapter_dir(path: Path) -> bool:
+    from lmforge.model.lora import is_adapter_dir as has_adapter_config
+
+    return has_adapter_config(path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               base: str | Path | None = None) -> LoadedModel:  # fmt: skip
+    """Our GPT in eval mode, from a checkpoint dir, a run dir (its newest good checkpoint), a LoRA adapter
+    dir (over `base`, else the base its adapter_config.json records) or an HF dir."""
     path = Path(path)
     if not path.exists():
         raise LmforgeError(f"no such model: {path}")
-    loaded = _load_hf(path) if is_hf_dir(path) else _load_lmforge(path)
+    if is_adapter_dir(path):
+        loaded = _load_adapter(path, base)
+    elif base is not None:
+        raise LmforgeError(f"{path} is not a LoRA adapter directory (no adapter_config.json), so it takes no base")
+    else:
+        loaded = _load_hf(path) if is_hf_dir(path) else _load_lmforge(path)
     loaded.model.to(device=device, dtype=dtype).eval()
     return loaded
