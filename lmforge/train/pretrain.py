@@ -157,7 +157,7 @@ def _pretrain(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
             f"{state.last_val:.4f}" if state.last_val is not None else "n/a", summary["checkpoint"],
         )  # fmt: skip
         if run is not None:
-            run.add_inputs([meta.dir / "meta.json"])
+            run.add_inputs([meta.dir])  # meta.json, tokenizer.json and every shard, with their sha256
             for name in ("metrics.jsonl", "loss.png"):
                 if (run_dir / name).is_file():
                     run.add_output(run_dir / name)
