@@ -6,7 +6,7 @@ LMFORGE := $(VENV)/bin/lmforge
 SHARED ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-data bench-train clean
+.PHONY: install demo test lint bench bench-data bench-train bench-generate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	SHARED=$(SHARED) bash scripts/demo.sh
 
-bench: bench-data bench-train
+bench: bench-data bench-train bench-generate
 
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py --shared $(SHARED)
@@ -35,6 +35,9 @@ bench-data: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py --shared $(SHARED)
+
+bench-generate: $(STAMP)
+	$(PY) benchmarks/bench_generate.py
 
 clean:
 	rm -rf runs bench-out

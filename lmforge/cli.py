@@ -107,6 +107,32 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.finetune.recipe import run_finetune
+
+    data = _one_input("finetune", inputs, "data file or prepared data directory")
+    if data:
+        cfg.finetune.data = data
+    for key in ("task", "method", "base"):
+        if getattr(args, key):
+            setattr(cfg.finetune, key, getattr(args, key))
+    if args.out:
+        cfg.train.out = args.out
+    if args.resume:
+        cfg.train.resume = True
+    if args.device:
+        cfg.train.device = args.device
+    if args.strategy:
+        cfg.train.strategy = args.strategy
+    summary = run_finetune(cfg)
+    best = summary.get("best_checkpoint") or summary.get("checkpoint")
+    shown = "  ".join(f"{k} {summary[k]:.4f}" for k in ("val_loss", "accuracy", "macro_f1")
+                      if isinstance(summary.get(k), float))  # fmt: skip
+    print(f"{summary['task']} ({summary['method']}) {summary['steps']} steps  {shown}  best: {best}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from lmforge.eval.tasks import describe_tasks
 
@@ -132,6 +158,73 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         keys = HEADLINE.get(result["kind"], list(result["metrics"])[:3])
         shown = "  ".join(f"{k} {fmt(result['metrics'][k])}" for k in keys if k in result["metrics"])
         print(f"{name:16} n={result['n']:<6} {shown}")
+    return 0
+
+
+def _one_input(verb: str, inputs: list[str], what: str) -> str | None:
+    if len(inputs) > 1:
+        raise LmforgeError(f"{verb}: one {what} expected, got {len(inputs)}")
+    return inputs[0] if inputs else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.export import run_export
+
+    if args.base:
+        cfg.export.base = args.base
+    out = run_export(cfg, _one_input("export", inputs, "model"), fmt=args.format, out=args.out)
+    print(out)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.export import run_merge
+
+    if args.base:
+        cfg.export.base = args.base
+    print(run_merge(cfg, _one_input("merge", inputs, "adapter directory"), out=args.out))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.export import run_convert
+
+    print(run_convert(cfg, _one_input("convert", inputs, "Hugging Face directory"), out=args.out))
+    return 0
+
+
+def _generate_config(args: argparse.Namespace, verb: str) -> Config:
+    cfg, inputs = _config(args)
+    model = _one_input(verb, inputs, "model (a checkpoint, run or Hugging Face directory)")
+    if model:
+        cfg.generate.model = model
+    if args.device:
+        cfg.generate.device = args.device
+    return cfg
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    cfg = _generate_config(args, "generate")
+    from lmforge.infer.generate import run_generate
+
+    if args.prompt:
+        cfg.generate.prompt = list(args.prompt)
+    if args.prompts_file:
+        cfg.generate.prompts_file = args.prompts_file
+    run_generate(cfg, stream_output=args.stream, as_json=args.json)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    cfg = _generate_config(args, "chat")
+    from lmforge.infer.chat import run_chat
+
+    if args.system is not None:
+        cfg.generate.system = args.system
+    run_chat(cfg)
     return 0
 
 
@@ -183,6 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun: ddp or fsdp")
     p.set_defaults(func=cmd_pretrain)
 
+    p = verbs.add_parser("finetune", help="instruction-tune (sft) or train a classifier (classify) on a base model")
+    _add_common(p, "DATA", "a .jsonl/.json/.csv/.tsv file or a prepared data directory")
+    p.add_argument("--task", choices=["sft", "classify"], help="sft (chat/Alpaca records) or classify (text + label)")
+    p.add_argument("--base", metavar="MODEL", help="the base: a checkpoint, run directory or Hugging Face directory")
+    p.add_argument("--method", choices=["full", "lora"], help="train every weight (full) or LoRA adapters only")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'finetune'>)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last good checkpoint")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="under torchrun: ddp or fsdp")
+    p.set_defaults(func=cmd_finetune)
+
     p = verbs.add_parser("evaluate", help="benchmarks and metrics of a model: perplexity, LAMBADA, BLEU, ...")
     _add_common(p, "MODEL", "a checkpoint, run directory or Hugging Face directory")
     p.add_argument("--task", "-t", action="append", metavar="NAME",
@@ -193,6 +297,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'evaluate'>)")
     p.add_argument("--list", action="store_true", help="list the built-in tasks and exit")
     p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("export", help="write a model as a Hugging Face directory or a clean checkpoint")
+    _add_common(p, "MODEL", "a checkpoint, run directory, LoRA adapter directory or Hugging Face directory")
+    p.add_argument("--format", "-f", metavar="FORMAT", help="hf (transformers directory) or safetensors "
+                   "(lmforge checkpoint without training state); default export.format")  # fmt: skip
+    p.add_argument("--out", "-o", metavar="DIR", help="directory to write (default runs/<run.name or 'export'>)")
+    p.add_argument("--base", metavar="MODEL", help="a LoRA adapter's base model (default: the recorded one)")
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("merge", help="fold a LoRA adapter into its base model: a plain checkpoint")
+    _add_common(p, "ADAPTER_DIR", "a directory with adapter.safetensors + adapter_config.json")
+    p.add_argument("--out", "-o", metavar="DIR", help="checkpoint directory (default runs/<run.name or 'merge'>)")
+    p.add_argument("--base", metavar="MODEL", help="the base model (default: the one adapter_config.json records)")
+    p.set_defaults(func=cmd_merge)
+
+    p = verbs.add_parser("convert", help="a Hugging Face GPT-2/Llama/Mistral/Qwen2 directory as an lmforge checkpoint")
+    _add_common(p, "HF_DIR", "a local Hugging Face model directory (config.json + *.safetensors)")
+    p.add_argument("--out", "-o", metavar="DIR", help="checkpoint directory (default runs/<run.name or 'convert'>)")
+    p.set_defaults(func=cmd_convert)
+
+    p = verbs.add_parser("generate", help="complete prompts with a model (sampling, stop strings, streaming)")
+    _add_common(p, "MODEL", "a checkpoint, run directory or Hugging Face directory")
+    p.add_argument("--prompt", "-p", action="append", metavar="TEXT", help="a prompt (repeat for a batch)")
+    p.add_argument("--prompts-file", metavar="FILE", help="more prompts: one per line (.txt) or jsonl {prompt}")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
+    p.add_argument("--json", action="store_true", help="one JSON line per completion (text, finish_reason)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("chat", help="talk to a model in the terminal (its chat template, streamed replies)")
+    _add_common(p, "MODEL", "a checkpoint, run directory or Hugging Face directory")
+    p.add_argument("--system", metavar="TEXT", help="the system message")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.set_defaults(func=cmd_chat)
 
     p = verbs.add_parser("config", help="show the resolved config")
     cfgp = p.add_subparsers(dest="config_verb", metavar="ACTION")

@@ -237,7 +237,7 @@ class GenerateConfig:
     use_cache: bool = True  # KV cache; off recomputes the whole sequence every step (same greedy output)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    threads: int | None = None  # torch.set_num_threads; None: 1 for a model under 5M parameters on a CPU
     system: str | None = None  # chat: the system message
 
 
@@ -326,6 +326,35 @@ class ExportConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """`lmforge finetune`: instruction tuning (sft) or a classification head (classify) over a base model.
+
+    Training hyperparameters come from `train:` (lr, steps, batch, schedule, eval_every, early stopping,
+    precision, resume); LoRA's shape from `lora:`.
+    """
+
+    task: Literal["sft", "classify"] = "sft"
+    method: Literal["full", "lora"] = "full"
+    base: str | None = None  # the base model: a checkpoint, run directory or Hugging Face directory
+    data: str | None = None  # a prepared data directory, or a .jsonl / .json / .csv / .tsv file
+    val_data: str | None = None  # validation file; None: the prepared dir's val split, else val_fraction
+    val_fraction: float = 0.1  # held out of `data` (seeded) when there is no validation data
+    text_field: str = "text"  # classify: the text column / key
+    label_field: str = "label"  # classify: the label column / key
+    messages_field: str = "messages"  # sft: a chat record's list of {role, content}
+    instruction_fields: list[str] = field(default_factory=lambda: ["instruction", "input", "output"])
+    system: str | None = None  # sft: a system message put before every instruction record
+    labels: list[str] = field(default_factory=list)  # classify: the classes in order; []: sorted from data
+    max_length: int | None = None  # tokens per example (longer ones are truncated, counted); None: block_size
+    packing: bool = False  # sft: several examples per row, attention kept inside each; else padding
+    pooling: Literal["last", "mean"] = "last"  # classify: the last real token's state, or the mean
+    class_weights: Literal["balanced"] | list[float] | None = None  # classify: CE weights per class
+    focal_gamma: float = 0.0  # classify: focal loss exponent (0: plain cross-entropy)
+    freeze: list[str] = field(default_factory=list)  # full: parameter patterns kept frozen (`wte`, `blocks.0.*`)
+    select_metric: Literal["auto", "val_loss", "macro_f1", "accuracy"] = "auto"  # auto: macro_f1 for classify
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -336,6 +365,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

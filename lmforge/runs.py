@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lmforge.config import Config, dump_yaml
 
@@ -169,11 +169,27 @@ def start_run(stage: str, cfg: Config, out: str | Path | None = None) -> Iterato
         handler.close()
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at emit time, not the one seen at set-up.
+
+    Tools that swap `sys.stderr` (pytest's capture, notebooks, redirect_stderr) would
+    otherwise leave the handler writing into a closed stream.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def setup_console_logging(verbose: bool = False) -> None:
     """Plain messages on stderr; the run's log file gets timestamps."""
     if any(getattr(h, "_lmforge_console", False) for h in log.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._lmforge_console = True  # type: ignore[attr-defined]
     log.addHandler(handler)

@@ -58,8 +58,9 @@ def load_bundle(ec: EvalConfig) -> ModelBundle:
         raise ConfigError("eval.max_length must be at least 2 (a token and one to predict)")
     if ec.stride is not None and ec.stride >= max_length:
         raise ConfigError(f"eval.stride ({ec.stride}) must be smaller than max_length ({max_length})")
-    return ModelBundle(loaded.model, loaded.tokenizer, device, loaded.eos_id, max_length, ec.batch_size,
-                       str(loaded.source))  # fmt: skip
+    return ModelBundle(
+        loaded.model, loaded.tokenizer, device, loaded.eos_id, max_length, ec.batch_size, str(loaded.source)
+    )
 
 
 def build_tasks(ec: EvalConfig, predictors: dict[str, Predictor] | None = None) -> list[Task]:
@@ -76,8 +77,9 @@ def build_tasks(ec: EvalConfig, predictors: dict[str, Predictor] | None = None) 
     return tasks
 
 
-def run_evaluate(cfg: Config, out: str | Path | None = None,
-                 predictors: dict[str, Predictor] | None = None) -> dict[str, Any]:
+def run_evaluate(
+    cfg: Config, out: str | Path | None = None, predictors: dict[str, Predictor] | None = None
+) -> dict[str, Any]:
     """Evaluate eval.model on eval.tasks; the report (also written to the run directory).
 
     predictors: a classifier callable per task name (texts -> labels), the seam for classification heads.
@@ -103,12 +105,22 @@ def run_evaluate(cfg: Config, out: str | Path | None = None,
                 file = run.path(f"hypotheses_{task.name}.txt")
                 atomic_write_text(file, "".join(h.replace("\n", " ") + "\n" for h in hypotheses))
                 run.add_output(file)
-            report["tasks"][task.name] = {"task": task.name, "kind": task.kind, **result,
-                                          "seconds": round(seconds, 3),
-                                          "examples_per_s": round(result["n"] / seconds, 2) if seconds else None}
+            report["tasks"][task.name] = {
+                "task": task.name,
+                "kind": task.kind,
+                **result,
+                "seconds": round(seconds, 3),
+                "examples_per_s": round(result["n"] / seconds, 2) if seconds else None,
+            }
             shown = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items() if isinstance(v, float))
-            log.info("evaluate: %s: %d examples in %.1f s (%.1f/s): %s", task.name, result["n"], seconds,
-                     result["n"] / max(seconds, 1e-9), shown)  # fmt: skip
+            log.info(
+                "evaluate: %s: %d examples in %.1f s (%.1f/s): %s",
+                task.name,
+                result["n"],
+                seconds,
+                result["n"] / max(seconds, 1e-9),
+                shown,
+            )
         for path in write_report(run.dir, report):
             run.add_output(path)
         log.info("evaluate: report in %s", run.dir / "report.md")
@@ -120,7 +132,13 @@ def _model_info(bundle: ModelBundle | None, ec: EvalConfig) -> dict[str, Any]:
         return {}
     cfg = bundle.model.config
     return {
-        "path": ec.model, "source": bundle.name, "kind": cfg.flavour, "parameters": bundle.model.num_params(),
-        "vocab_size": cfg.vocab_size, "block_size": cfg.block_size, "max_length": bundle.max_length,
-        "device": str(bundle.device), "dtype": ec.dtype,
-    }  # fmt: skip
+        "path": ec.model,
+        "source": bundle.name,
+        "kind": cfg.flavour,
+        "parameters": bundle.model.num_params(),
+        "vocab_size": cfg.vocab_size,
+        "block_size": cfg.block_size,
+        "max_length": bundle.max_length,
+        "device": str(bundle.device),
+        "dtype": ec.dtype,
+    }

@@ -73,7 +73,7 @@ def accuracy(y_true: Sequence[Any], y_pred: Sequence[Any]) -> float:
 
 
 def confusion_matrix(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]) -> list[list[int]]:
-    """counts[i][j]: examples of class labels[i] predicted as labels[j]. A label not in `labels` is an error."""
+    """counts[i][j]: examples of class labels[i] predicted as labels[j]; a label not in `labels` is an error."""
     _check_pairs(y_true, y_pred)
     index = {label: i for i, label in enumerate(labels)}
     if len(index) != len(labels):
@@ -83,7 +83,9 @@ def confusion_matrix(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Seque
         for what, label in (("gold label", t), ("prediction", p)):
             if label not in index:
                 known = ", ".join(map(str, labels))
-                raise DataError(f"example {n + 1}: {what} {label!r} is not one of the known classes ({known})")
+                raise DataError(
+                    f"example {n + 1}: {what} {label!r} is not one of the known classes ({known})"
+                )
         counts[index[t]][index[p]] += 1
     return counts
 
@@ -92,8 +94,9 @@ def _safe_div(num: float, den: float) -> float:
     return num / den if den else 0.0
 
 
-def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any],
-                           labels: Sequence[Any]) -> dict[str, Any]:
+def classification_metrics(
+    y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]
+) -> dict[str, Any]:
     """accuracy, per-class precision/recall/F1/support, macro and weighted averages, the confusion matrix.
 
     A class with no predictions (or no examples) gets 0 for the undefined ratio, as scikit-learn with

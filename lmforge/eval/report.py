@@ -65,7 +65,9 @@ def plot_confusion(path: Path, labels: list[str], matrix: list[list[int]], title
     peak = max((max(row) for row in matrix), default=0)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+            ax.text(
+                j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black"
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -76,8 +78,11 @@ def plot_confusion(path: Path, labels: list[str], matrix: list[list[int]], title
 def _task_section(name: str, result: dict[str, Any], plots: dict[str, str]) -> list[str]:
     lines = [f"## {name}", ""]
     rate = result.get("examples_per_s")
-    lines.append(f"{fmt(result['n'])} examples in {result.get('seconds', 0):.1f} s"
-                 + (f" ({rate:.1f} examples/s)" if rate else "") + ".")  # fmt: skip
+    lines.append(
+        f"{fmt(result['n'])} examples in {result.get('seconds', 0):.1f} s"
+        + (f" ({rate:.1f} examples/s)" if rate else "")
+        + "."
+    )
     lines.append("")
     lines += md_table(["metric", "value"], [[k, v] for k, v in result["metrics"].items()])
     lines.append("")
@@ -86,8 +91,10 @@ def _task_section(name: str, result: dict[str, Any], plots: dict[str, str]) -> l
     details = result.get("details", {})
     if result.get("kind") == "classify":
         labels, cm = details["labels"], details["confusion_matrix"]
-        rows = [[label, *(details["per_class"][label][k] for k in ("precision", "recall", "f1", "support"))]
-                for label in labels]  # fmt: skip
+        rows = [
+            [label, *(details["per_class"][label][k] for k in ("precision", "recall", "f1", "support"))]
+            for label in labels
+        ]
         lines += ["### Per class", ""]
         lines += md_table(["class", "precision", "recall", "f1", "support"], rows)
         lines += ["", "### Confusion matrix (rows: true, columns: predicted)", ""]
@@ -112,8 +119,11 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines = ["# Evaluation report", ""]
     model = report.get("model") or {}
     if model:
-        lines += [f"Model: `{model.get('path')}` ({model.get('kind')}, {fmt(model.get('parameters'))} parameters, "
-                  f"context {model.get('max_length')} tokens), device {model.get('device')}.", ""]  # fmt: skip
+        lines += [
+            f"Model: `{model.get('path')}` ({model.get('kind')}, {fmt(model.get('parameters'))} parameters, "
+            f"context {model.get('max_length')} tokens), device {model.get('device')}.",
+            "",
+        ]
     summary = []
     for name, result in report["tasks"].items():
         keys = HEADLINE.get(result.get("kind", ""), list(result["metrics"])[:3])
@@ -134,7 +144,9 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> list[Path]:
         if result.get("kind") == "classify":
             file = f"confusion_{name}.png"
             details = result["details"]
-            plot_confusion(run_dir / file, details["labels"], details["confusion_matrix"], f"{name}: confusion")
+            plot_confusion(
+                run_dir / file, details["labels"], details["confusion_matrix"], f"{name}: confusion"
+            )
             plots[name] = file
             written.append(run_dir / file)
     report = {**report, "plots": plots}

@@ -69,14 +69,17 @@ class Scored:
         return list(targets) == self.greedy_ids
 
 
-def score(bundle: ModelBundle, requests: Sequence[Request],
-          on_done: Callable[[int], None] | None = None) -> list[Scored]:
+def score(
+    bundle: ModelBundle, requests: Sequence[Request], on_done: Callable[[int], None] | None = None
+) -> list[Scored]:
     """Log-probabilities of the scored tail of every request (see the module docstring).
 
     on_done(i) is called as request i finishes (for progress bars)."""
     for i, r in enumerate(requests):
         if not 1 <= r.n_scored < len(r.tokens) or len(r.tokens) > bundle.max_length + 1:
-            raise ValueError(f"request {i}: {len(r.tokens)} tokens, {r.n_scored} scored, max {bundle.max_length}")
+            raise ValueError(
+                f"request {i}: {len(r.tokens)} tokens, {r.n_scored} scored, max {bundle.max_length}"
+            )
     model, device = bundle.model, bundle.device
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].tokens))
     results: list[Scored | None] = [None] * len(requests)
@@ -86,7 +89,9 @@ def score(bundle: ModelBundle, requests: Sequence[Request],
             width = len(requests[batch[0]].tokens) - 1  # inputs: every token but the last
             x = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
-                x[row, : len(requests[i].tokens) - 1] = torch.tensor(requests[i].tokens[:-1], dtype=torch.long)
+                x[row, : len(requests[i].tokens) - 1] = torch.tensor(
+                    requests[i].tokens[:-1], dtype=torch.long
+                )
             hidden = model.forward_hidden(x.to(device))
             for row, i in enumerate(batch):
                 tokens, k = requests[i].tokens, requests[i].n_scored
@@ -136,8 +141,9 @@ class PairEncoding:
     truncated: int = 0  # context tokens dropped from the left to fit max_length
 
 
-def encode_pair(bundle: ModelBundle, context: str, continuation: str, truncation: str,
-                where: str) -> PairEncoding:
+def encode_pair(
+    bundle: ModelBundle, context: str, continuation: str, truncation: str, where: str
+) -> PairEncoding:
     """Tokens of context + continuation the way lm-evaluation-harness does it.
 
     Trailing spaces of the context move to the continuation; the pair is encoded as one string and the
@@ -163,8 +169,10 @@ def encode_pair(bundle: ModelBundle, context: str, continuation: str, truncation
         ctx = [bundle.eos_id]
     limit = bundle.max_length + 1
     if len(cont) >= limit:
-        raise DataError(f"{where}: the continuation alone is {len(cont)} tokens; the model's context holds "
-                        f"{bundle.max_length}")
+        raise DataError(
+            f"{where}: the continuation alone is {len(cont)} tokens; the model's context holds "
+            f"{bundle.max_length}"
+        )
     cut = max(0, len(ctx) + len(cont) - limit)
     if cut and truncation == "error":
         raise DataError(

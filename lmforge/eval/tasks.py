@@ -36,7 +36,6 @@ from __future__ import annotations
 import csv
 import difflib
 import json
-import math
 import os
 import re
 import sys
@@ -161,8 +160,16 @@ def take(items: list[Any], limit: int | None, task: str, source: str) -> list[An
 
 def progress(total: float, desc: str) -> tqdm:
     """A progress bar on stderr in examples per second (hidden when stderr is not a terminal)."""
-    return tqdm(total=total, desc=desc, unit="ex", file=sys.stderr, disable=None, dynamic_ncols=True,
-                mininterval=0.5, leave=False)  # fmt: skip
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="ex",
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        leave=False,
+    )
 
 
 def excerpt(text: str, n: int = 240, tail: bool = False) -> str:
@@ -207,7 +214,9 @@ def wikitext_articles(path: Path) -> list[Document]:
     current: list[str] = []
     start = 1
     for lineno, line in enumerate(lines, 1):
-        heading = _WIKITEXT_HEADING.match(line.rstrip("\n")) and line.rstrip("\n") not in _WIKITEXT_NOT_HEADINGS
+        heading = (
+            _WIKITEXT_HEADING.match(line.rstrip("\n")) and line.rstrip("\n") not in _WIKITEXT_NOT_HEADINGS
+        )
         if heading and current:
             docs.append(Document("".join(current), f"{path.name}:{start}"))
             current, start = [], lineno
@@ -286,18 +295,30 @@ class LMTask:
             notes.append("the tokenizer has no EOS token: each document's first token is not scored")
         order = sorted(range(len(docs)), key=lambda d: -nll[d] / max(doc_tokens[d], 1))
         worst = [
-            {"source": docs[d].source, "loss": nll[d] / max(doc_tokens[d], 1), "tokens": doc_tokens[d],
-             "text": excerpt(docs[d].text)}
-            for d in order[: cfg.worst_n] if doc_tokens[d] > 0
-        ]  # fmt: skip
+            {
+                "source": docs[d].source,
+                "loss": nll[d] / max(doc_tokens[d], 1),
+                "tokens": doc_tokens[d],
+                "text": excerpt(docs[d].text),
+            }
+            for d in order[: cfg.worst_n]
+            if doc_tokens[d] > 0
+        ]
         return {
             "n": len(docs),
             "metrics": result,
-            "details": {"tokens": n_tokens, "bytes": n_bytes, "words": n_words, "windows": len(requests),
-                        "max_length": bundle.max_length, "stride": stride, "eos_prefix": bool(prefix)},
+            "details": {
+                "tokens": n_tokens,
+                "bytes": n_bytes,
+                "words": n_words,
+                "windows": len(requests),
+                "max_length": bundle.max_length,
+                "stride": stride,
+                "eos_prefix": bool(prefix),
+            },
             "notes": notes,
             "worst": worst,
-        }  # fmt: skip
+        }
 
 
 @register("wikitext2", "WikiText-2 raw test split (articles): loss, perplexity, bits per byte")
@@ -310,7 +331,9 @@ def _wikitext2(cfg: EvalConfig) -> Task:
 def _lm(cfg: EvalConfig) -> Task:
     lm = cfg.lm
     if not lm.files:
-        raise ConfigError("task 'lm' needs eval.lm.files (text or .jsonl files, or a prepared data directory)")
+        raise ConfigError(
+            "task 'lm' needs eval.lm.files (text or .jsonl files, or a prepared data directory)"
+        )
     files = [Path(f) for f in lm.files]
     for f in files:
         if not f.exists():
@@ -356,27 +379,40 @@ class LambadaTask:
         truncated = sum(p.truncated > 0 for p in pairs)
         order = sorted(range(len(examples)), key=lambda i: lls[i])
         worst = [
-            {"source": examples[i][0], "loss": -lls[i], "target": examples[i][2].strip(),
-             "predicted": bundle.decode(scored[i].greedy_ids).strip(), "context": excerpt(examples[i][1], tail=True)}
+            {
+                "source": examples[i][0],
+                "loss": -lls[i],
+                "target": examples[i][2].strip(),
+                "predicted": bundle.decode(scored[i].greedy_ids).strip(),
+                "context": excerpt(examples[i][1], tail=True),
+            }
             for i in order[: cfg.worst_n]
-        ]  # fmt: skip
+        ]
         mean_ll = sum(lls) / len(lls)
         return {
             "n": len(examples),
-            "metrics": {"accuracy": sum(hits) / len(hits), "perplexity": math.exp(-mean_ll),
-                        "target_nll": -mean_ll},
-            "details": {"target_tokens": sum(len(p.continuation) for p in pairs), "truncated": truncated,
-                        "truncated_tokens": sum(p.truncated for p in pairs)},
+            "metrics": {
+                "accuracy": sum(hits) / len(hits),
+                "perplexity": metrics.perplexity(-sum(lls), len(lls)),
+                "target_nll": -mean_ll,
+            },
+            "details": {
+                "target_tokens": sum(len(p.continuation) for p in pairs),
+                "truncated": truncated,
+                "truncated_tokens": sum(p.truncated for p in pairs),
+            },
             "notes": _truncation_notes(truncated, len(examples), bundle.max_length),
             "worst": worst,
-        }  # fmt: skip
+        }
 
 
 def _truncation_notes(truncated: int, n: int, max_length: int) -> list[str]:
     if not truncated:
         return []
-    return [f"{truncated} of {n} examples were longer than the context ({max_length} tokens): their oldest "
-            f"context tokens were dropped (left truncation)"]  # fmt: skip
+    return [
+        f"{truncated} of {n} examples were longer than the context ({max_length} tokens): their oldest "
+        f"context tokens were dropped (left truncation)"
+    ]
 
 
 @register("lambada", "LAMBADA (OpenAI): last-word accuracy, target-word perplexity")
@@ -415,7 +451,9 @@ def load_spec(path: Path, data_override: str | None = None) -> ChoiceSpec:
     for key in raw:
         if key not in ChoiceSpec.KEYS:
             hint = difflib.get_close_matches(str(key), ChoiceSpec.KEYS, n=1)
-            raise DataError(f"{path}: unknown spec key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            raise DataError(
+                f"{path}: unknown spec key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            )
     kind = raw.get("type", "multiple_choice")
     if kind != "multiple_choice":
         raise DataError(f"{path}: spec type {kind!r} is not supported (multiple_choice)")
@@ -457,7 +495,11 @@ class MultipleChoiceTask:
             where = f"{path}:{lineno}"
             context = fill_template(spec.context, record, where)
             choices = field_of(record, spec.choices, path, lineno)
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            if (
+                not isinstance(choices, list)
+                or len(choices) < 2
+                or not all(isinstance(c, str) for c in choices)
+            ):
                 raise DataError(f"{where}: field '{spec.choices}' must be a list of at least two strings")
             gold = field_of(record, spec.gold, path, lineno)
             if isinstance(gold, str) and gold in choices:
@@ -465,8 +507,10 @@ class MultipleChoiceTask:
             elif isinstance(gold, str) and gold.isdigit():
                 gold = int(gold)
             if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
-                raise DataError(f"{where}: field '{spec.gold}' = {gold!r} is neither a choice index "
-                                f"(0..{len(choices) - 1}) nor one of the choices")  # fmt: skip
+                raise DataError(
+                    f"{where}: field '{spec.gold}' = {gold!r} is neither a choice index "
+                    f"(0..{len(choices) - 1}) nor one of the choices"
+                )
             out.append(Question(where, context, choices, gold))
         return out
 
@@ -477,11 +521,15 @@ class MultipleChoiceTask:
         pairs, owner = [], []
         for q, question in enumerate(questions):
             for choice in question.choices:
-                pairs.append(encode_pair(bundle, question.context, delim + choice, cfg.truncation, question.where))
+                pairs.append(
+                    encode_pair(bundle, question.context, delim + choice, cfg.truncation, question.where)
+                )
                 owner.append(q)
         requests = [Request(p.context + p.continuation, len(p.continuation)) for p in pairs]
         with progress(len(questions), self.name) as bar:
-            scored = score(bundle, requests, on_done=lambda i: bar.update(1 / len(questions[owner[i]].choices)))
+            scored = score(
+                bundle, requests, on_done=lambda i: bar.update(1 / len(questions[owner[i]].choices))
+            )
         lls: list[list[float]] = [[] for _ in questions]
         for q, s in zip(owner, scored):
             lls[q].append(s.total)
@@ -493,16 +541,24 @@ class MultipleChoiceTask:
         for question, ll in zip(questions, lls):
             picks["acc"].append(argmax(ll))
             picks["acc_norm"].append(argmax([x / max(len(c), 1) for x, c in zip(ll, question.choices)]))
-            picks["acc_norm_bytes"].append(argmax([x / max(len(c.encode()), 1) for x, c in zip(ll, question.choices)]))
-        result = {k: sum(p == q.gold for p, q in zip(v, questions)) / len(questions) for k, v in picks.items()}
+            picks["acc_norm_bytes"].append(
+                argmax([x / max(len(c.encode()), 1) for x, c in zip(ll, question.choices)])
+            )
+        result = {
+            k: sum(p == q.gold for p, q in zip(v, questions)) / len(questions) for k, v in picks.items()
+        }
         wrong = [q for q, p in enumerate(picks["acc"]) if p != questions[q].gold]
         wrong.sort(key=lambda q: -(lls[q][picks["acc"][q]] - lls[q][questions[q].gold]))
         worst = [
-            {"source": questions[q].where, "margin": lls[q][picks["acc"][q]] - lls[q][questions[q].gold],
-             "gold": questions[q].choices[questions[q].gold], "predicted": questions[q].choices[picks["acc"][q]],
-             "context": excerpt(questions[q].context, tail=True)}
+            {
+                "source": questions[q].where,
+                "margin": lls[q][picks["acc"][q]] - lls[q][questions[q].gold],
+                "gold": questions[q].choices[questions[q].gold],
+                "predicted": questions[q].choices[picks["acc"][q]],
+                "context": excerpt(questions[q].context, tail=True),
+            }
             for q in wrong[: cfg.worst_n]
-        ]  # fmt: skip
+        ]
         truncated = len({owner[i] for i, p in enumerate(pairs) if p.truncated})
         return {
             "n": len(questions),
@@ -552,7 +608,9 @@ def read_labelled(path: Path, text_field: str, label_field: str) -> list[Labelle
         raise DataError(f"{path}: classification data must be .jsonl, .csv or .tsv")
     with open(path, encoding="utf-8-sig", newline="") as f:
         tsv = path.suffix == ".tsv"
-        reader = csv.reader(f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        reader = csv.reader(
+            f, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        )
         header = next(reader, None)
         if header is None:
             return []
@@ -597,7 +655,9 @@ class ClassifyTask:
         if self.predictions is not None:
             preds = read_predictions(self.predictions)
             if len(preds) != len(rows):
-                raise DataError(f"{self.predictions}: {len(preds)} predictions for {len(rows)} examples in {self.data}")
+                raise DataError(
+                    f"{self.predictions}: {len(preds)} predictions for {len(rows)} examples in {self.data}"
+                )
         rows = take(rows, cfg.limit, self.name, str(self.data))
         if self.predictions is not None:
             preds = preds[: len(rows)]
@@ -606,7 +666,9 @@ class ClassifyTask:
                 labels = self.predict([r.text for r in rows])
                 bar.update(len(rows))
             if len(labels) != len(rows):
-                raise DataError(f"task '{self.name}': the classifier returned {len(labels)} labels for {len(rows)} texts")
+                raise DataError(
+                    f"task '{self.name}': the classifier returned {len(labels)} labels for {len(rows)} texts"
+                )
             preds = [(f"prediction {i + 1}", str(label)) for i, label in enumerate(labels)]
         else:
             raise ConfigError(
@@ -616,25 +678,40 @@ class ClassifyTask:
         known = list(self.labels) or sorted({r.label for r in rows})
         for r in rows:
             if r.label not in known:
-                raise DataError(f"{r.where}: label {r.label!r} is not one of the known classes ({', '.join(known)})")
+                raise DataError(
+                    f"{r.where}: label {r.label!r} is not one of the known classes ({', '.join(known)})"
+                )
         for where, p in preds:
             if p not in known:
-                raise DataError(f"{where}: predicted label {p!r} is not one of the known classes ({', '.join(known)})")
+                raise DataError(
+                    f"{where}: predicted label {p!r} is not one of the known classes ({', '.join(known)})"
+                )
         y_true, y_pred = [r.label for r in rows], [p for _, p in preds]
         result = metrics.classification_metrics(y_true, y_pred, known)
         wrong = [i for i in range(len(rows)) if y_true[i] != y_pred[i]]
-        worst = [{"source": rows[i].where, "gold": y_true[i], "predicted": y_pred[i], "text": excerpt(rows[i].text)}
-                 for i in wrong[: cfg.worst_n]]  # fmt: skip
+        worst = [
+            {
+                "source": rows[i].where,
+                "gold": y_true[i],
+                "predicted": y_pred[i],
+                "text": excerpt(rows[i].text),
+            }
+            for i in wrong[: cfg.worst_n]
+        ]
         per_class = result.pop("per_class")
         labels, cm = result.pop("labels"), result.pop("confusion_matrix")
         return {
             "n": len(rows),
             "metrics": result,
-            "details": {"per_class": per_class, "labels": labels, "confusion_matrix": cm,
-                        "misclassified": len(wrong)},
+            "details": {
+                "per_class": per_class,
+                "labels": labels,
+                "confusion_matrix": cm,
+                "misclassified": len(wrong),
+            },
             "notes": [],
             "worst": worst,
-        }  # fmt: skip
+        }
 
 
 def classify_task(cfg: EvalConfig, predict: Predictor | None = None) -> ClassifyTask:
@@ -687,8 +764,10 @@ def read_tatoeba(path: Path, reverse: bool) -> list[Pair]:
 
 
 def read_source_jsonl(path: Path) -> list[Pair]:
-    return [Pair(f"{path.name}:{n}", str(field_of(r, "source", path, n)), str(field_of(r, "target", path, n)))
-            for n, r in read_jsonl(path)]  # fmt: skip
+    return [
+        Pair(f"{path.name}:{n}", str(field_of(r, "source", path, n)), str(field_of(r, "target", path, n)))
+        for n, r in read_jsonl(path)
+    ]
 
 
 @dataclass
@@ -710,18 +789,24 @@ class TranslateTask:
         assert bundle is not None
         tc = cfg.translate
         if tc.max_new_tokens < 1 or tc.max_new_tokens >= bundle.max_length:
-            raise ConfigError(f"eval.translate.max_new_tokens must be in [1, {bundle.max_length - 1}], "
-                              f"got {tc.max_new_tokens}")  # fmt: skip
+            raise ConfigError(
+                f"eval.translate.max_new_tokens must be in [1, {bundle.max_length - 1}], "
+                f"got {tc.max_new_tokens}"
+            )
         pairs = take(self.load(), cfg.limit, self.name, ", ".join(map(str, self.files)))
         room = bundle.max_length - tc.max_new_tokens
         prompts, truncated = [], 0
         for pair in pairs:
             # Encoded with the tokenizer's own special tokens (a BOS, if it adds one), as `lmforge generate`.
-            ids = bundle.tokenizer.encode(fill_template(self.template, {"source": pair.source}, pair.where)).ids
+            ids = bundle.tokenizer.encode(
+                fill_template(self.template, {"source": pair.source}, pair.where)
+            ).ids
             if len(ids) > room:
                 if cfg.truncation == "error":
-                    raise DataError(f"{pair.where}: the prompt is {len(ids)} tokens; with "
-                                    f"max_new_tokens={tc.max_new_tokens} the context holds {room}")  # fmt: skip
+                    raise DataError(
+                        f"{pair.where}: the prompt is {len(ids)} tokens; with "
+                        f"max_new_tokens={tc.max_new_tokens} the context holds {room}"
+                    )
                 ids, truncated = ids[len(ids) - room :], truncated + 1
             prompts.append(ids)
         params = SamplingParams(max_new_tokens=tc.max_new_tokens, temperature=0.0, stop=list(tc.stop))
@@ -737,63 +822,120 @@ class TranslateTask:
         chrf = metrics.chrf(hyps, refs)
         sentence = [metrics.sentence_bleu(h, r, self.tokenize) for h, r in zip(hyps, refs)]
         order = sorted(range(len(pairs)), key=lambda i: sentence[i])
-        worst = [{"source": pairs[i].where, "sentence_bleu": sentence[i], "input": pairs[i].source,
-                  "reference": refs[i], "hypothesis": hyps[i]} for i in order[: cfg.worst_n]]  # fmt: skip
+        worst = [
+            {
+                "source": pairs[i].where,
+                "sentence_bleu": sentence[i],
+                "input": pairs[i].source,
+                "reference": refs[i],
+                "hypothesis": hyps[i],
+            }
+            for i in order[: cfg.worst_n]
+        ]
         return {
             "n": len(pairs),
-            "metrics": {"bleu": bleu["score"], "chrf": chrf["score"], "exact_match": metrics.exact_match(hyps, refs)},
-            "details": {"bleu": bleu, "chrf_signature": chrf["signature"], "template": self.template,
-                        "tokenize": self.tokenize, "max_new_tokens": tc.max_new_tokens, "truncated": truncated,
-                        "examples": [{"input": p.source, "reference": p.reference, "hypothesis": h}
-                                     for p, h in list(zip(pairs, hyps))[:3]]},
+            "metrics": {
+                "bleu": bleu["score"],
+                "chrf": chrf["score"],
+                "exact_match": metrics.exact_match(hyps, refs),
+            },
+            "details": {
+                "bleu": bleu,
+                "chrf_signature": chrf["signature"],
+                "template": self.template,
+                "tokenize": self.tokenize,
+                "max_new_tokens": tc.max_new_tokens,
+                "truncated": truncated,
+                "examples": [
+                    {"input": p.source, "reference": p.reference, "hypothesis": h}
+                    for p, h in list(zip(pairs, hyps))[:3]
+                ],
+            },
             "notes": _truncation_notes(truncated, len(pairs), bundle.max_length),
             "worst": worst,
             "hypotheses": hyps,
-        }  # fmt: skip
+        }
 
 
-def _translate_task(cfg: EvalConfig, name: str, load: Callable[[], list[Pair]], files: list[Path],
-                    template: str, tokenize: str) -> Task:
+def _translate_task(
+    cfg: EvalConfig,
+    name: str,
+    load: Callable[[], list[Pair]],
+    files: list[Path],
+    template: str,
+    tokenize: str,
+) -> Task:
     tc = cfg.translate
     template = tc.template or template
     if "{source}" not in template:
         raise ConfigError(f"eval.translate.template must contain {{source}}, got {template!r}")
     tokenize = tc.tokenize or tokenize
     if tokenize not in metrics.BLEU_TOKENIZERS:
-        raise ConfigError(f"eval.translate.tokenize: unknown tokenizer {tokenize!r} "
-                          f"(one of {', '.join(metrics.BLEU_TOKENIZERS)})")  # fmt: skip
+        raise ConfigError(
+            f"eval.translate.tokenize: unknown tokenizer {tokenize!r} "
+            f"(one of {', '.join(metrics.BLEU_TOKENIZERS)})"
+        )
     return TranslateTask(name, load, files, template, tokenize)
 
 
 @register("translate", "BLEU/chrF/exact match of greedy outputs on eval.translate.source (+ .reference)")
 def _translate(cfg: EvalConfig) -> Task:
     tc = cfg.translate
-    source = need_file(tc.source, "eval.translate.source (.txt with eval.translate.reference, or .jsonl)", "translate")
+    source = need_file(
+        tc.source, "eval.translate.source (.txt with eval.translate.reference, or .jsonl)", "translate"
+    )
     if source.suffix == ".jsonl":
-        return _translate_task(cfg, "translate", lambda: read_source_jsonl(source), [source],
-                               "Source: {source}\nTranslation:", "13a")  # fmt: skip
-    reference = need_file(tc.reference, "eval.translate.reference (line-aligned with the source)", "translate")
-    return _translate_task(cfg, "translate", lambda: read_parallel(source, reference), [source, reference],
-                           "Source: {source}\nTranslation:", "13a")  # fmt: skip
+        return _translate_task(
+            cfg,
+            "translate",
+            lambda: read_source_jsonl(source),
+            [source],
+            "Source: {source}\nTranslation:",
+            "13a",
+        )
+    reference = need_file(
+        tc.reference, "eval.translate.reference (line-aligned with the source)", "translate"
+    )
+    return _translate_task(
+        cfg,
+        "translate",
+        lambda: read_parallel(source, reference),
+        [source, reference],
+        "Source: {source}\nTranslation:",
+        "13a",
+    )
 
 
 @register("multi30k", "Multi30K test_2016_flickr English->German: BLEU (13a), chrF, exact match")
 def _multi30k(cfg: EvalConfig) -> Task:
     en = builtin_file(cfg, "translation/multi30k/test_2016_flickr.en", "multi30k")
     de = builtin_file(cfg, "translation/multi30k/test_2016_flickr.de", "multi30k")
-    return _translate_task(cfg, "multi30k", lambda: read_parallel(en, de), [en, de],
-                           "English: {source}\nGerman:", "13a")  # fmt: skip
+    return _translate_task(
+        cfg, "multi30k", lambda: read_parallel(en, de), [en, de], "English: {source}\nGerman:", "13a"
+    )
 
 
 @register("tatoeba_en_zh", "Tatoeba English->Chinese (every 20th pair): BLEU (zh), chrF, exact match")
 def _tatoeba_en_zh(cfg: EvalConfig) -> Task:
     path = builtin_file(cfg, "translation/tatoeba_cmn_eng/cmn.txt", "tatoeba_en_zh")
-    return _translate_task(cfg, "tatoeba_en_zh", lambda: read_tatoeba(path, reverse=False), [path],
-                           "English: {source}\nChinese:", "zh")  # fmt: skip
+    return _translate_task(
+        cfg,
+        "tatoeba_en_zh",
+        lambda: read_tatoeba(path, reverse=False),
+        [path],
+        "English: {source}\nChinese:",
+        "zh",
+    )
 
 
 @register("tatoeba_zh_en", "Tatoeba Chinese->English (every 20th pair): BLEU (13a), chrF, exact match")
 def _tatoeba_zh_en(cfg: EvalConfig) -> Task:
     path = builtin_file(cfg, "translation/tatoeba_cmn_eng/cmn.txt", "tatoeba_zh_en")
-    return _translate_task(cfg, "tatoeba_zh_en", lambda: read_tatoeba(path, reverse=True), [path],
-                           "Chinese: {source}\nEnglish:", "13a")  # fmt: skip
+    return _translate_task(
+        cfg,
+        "tatoeba_zh_en",
+        lambda: read_tatoeba(path, reverse=True),
+        [path],
+        "Chinese: {source}\nEnglish:",
+        "13a",
+    )

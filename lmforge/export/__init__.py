@@ -117,14 +117,13 @@ def _write(stage: str, cfg: Config, loaded: LoadedModel, fmt: str, out: Path) ->
     if loaded.adapter is not None:
         sources.append(Path(loaded.adapter["base_model"]["path"]))
     check_output_dir(out, sources, ec.overwrite)
-    with staged_dir(out) as tmp:
-        with start_run(stage, cfg, tmp) as run:
-            run.add_inputs(sources)
-            files = exporter(loaded, tmp, ec)
-            for f in files:
-                run.add_output(f)
-            run.extra[stage] = {"format": fmt, "source": str(loaded.source), "source_kind": loaded.kind,
-                                "dtype": ec.dtype, "parameters": loaded.model.num_params()}  # fmt: skip
+    with staged_dir(out) as tmp, start_run(stage, cfg, tmp) as run:
+        run.add_inputs(sources)
+        files = exporter(loaded, tmp, ec)
+        for f in files:
+            run.add_output(f)
+        run.extra[stage] = {"format": fmt, "source": str(loaded.source), "source_kind": loaded.kind,
+                            "dtype": ec.dtype, "parameters": loaded.model.num_params()}  # fmt: skip
     log.info(f"{stage}: {loaded.kind} model {loaded.source} -> {fmt} in {out}")
     return out
 

@@ -3,6 +3,7 @@ tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -109,9 +110,7 @@ def write_tokenizer_files(loaded: LoadedModel, out_dir: Path, model_max_length: 
     atomic_write_json(out_dir / CONFIG_FILE, config)
     special = {k: config[k] for k in SPECIAL_KEYS if k in config}
     if source is not None and (source.parent / SPECIAL_TOKENS_FILE).is_file():
-        try:
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):  # else: derived from the config
             special = json.loads((source.parent / SPECIAL_TOKENS_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # keep the one derived from the config
     atomic_write_json(out_dir / SPECIAL_TOKENS_FILE, special)
     return [tok_file, out_dir / CONFIG_FILE, out_dir / SPECIAL_TOKENS_FILE]

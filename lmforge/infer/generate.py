@@ -331,15 +331,16 @@ class FastDecodeStep:
 
         cfg = model.config
         self.cache = cache
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.head_dim = cfg.head_dim
+        self.split = [cfg.n_head, cfg.n_kv_head, cfg.n_kv_head]  # query, key and value heads in qkv's output
         self.gqa = cfg.n_kv_head != cfg.n_head
         self.wte = model.wte.weight
         self.wpe = model.wpe.weight if model.wpe is not None else None
         self.cos = self.sin = None
         if self.wpe is None:
-            positions = torch.arange(cfg.block_size, device=self.wte.device)[None]
+            positions = torch.arange(cache.max_len, device=self.wte.device)[None]  # every position it will see
             cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
-            self.cos, self.sin = cos[0].to(self.wte.dtype), sin[0].to(self.wte.dtype)  # (block, head_dim)
+            self.cos, self.sin = cos[0].to(self.wte.dtype), sin[0].to(self.wte.dtype)  # (max_len, head_dim)
         self.layers = [
             (_call(b.ln_1), _call(b.attn.qkv), _call(b.attn.out), _call(b.ln_2),
              _call(b.mlp.gate) if b.mlp.swiglu else None, _call(b.mlp.up), _call(b.mlp.down))
@@ -351,46 +352,49 @@ class FastDecodeStep:
     def supports(model: nn.Module) -> bool:
         from lmforge.model.gpt import GPT
 
-        return type(model) is GPT and not model.training
+        if type(model) is not GPT or model.training:
+            return False
+        # Direct kernel calls would skip hooks: a hooked model decodes through its modules.
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
-    def __call__(self, tokens: Tensor, positions: Tensor, attn_mask: Tensor | None) -> Tensor:
-        """Logits (B, vocab) of the next token after tokens (B, 1) at positions (B,); attn_mask: None, or
-        (B, 1, 1, length + 1) bool over the cached keys and this one."""
-        cache, B = self.cache, tokens.size(0)
+    def __call__(self, token_ids: Tensor, positions: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """Logits (B, vocab) of the next token after token_ids (B,) at positions (B,); attn_mask: None, or
+        (B, 1, 1, length + 1) bool over the cached keys and this one. Works on (B, C) rows throughout."""
+        cache, B, hd = self.cache, token_ids.size(0), self.head_dim
         L = cache.length
-        x = F.embedding(tokens, self.wte)
+        x = torch.embedding(self.wte, token_ids)  # (B, C)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe[positions].unsqueeze(1)
+            x = x + torch.embedding(self.wpe, positions)
         else:
             assert self.cos is not None and self.sin is not None
-            rope = self.cos[positions][:, None, None], self.sin[positions][:, None, None]  # (B, 1, 1, hd)
-        split = [self.n_head, self.n_kv_head, self.n_kv_head]
-        for i, (ln_1, qkv, out, ln_2, gate, up, down) in enumerate(self.layers):
-            heads = qkv(ln_1(x)).view(B, 1, -1, self.head_dim).transpose(1, 2)  # (B, nh + 2 nkv, 1, hd)
-            q, k, v = heads.split(split, dim=1)
+            cos = torch.embedding(self.cos, positions).view(B, 1, 1, hd)
+            rope = cos, torch.embedding(self.sin, positions).view(B, 1, 1, hd)
+        for (ln_1, qkv, out, ln_2, gate, up, down), k_cache, v_cache in zip(self.layers, cache.k, cache.v):
+            heads = qkv(ln_1(x)).view(B, -1, 1, hd)  # (B, nh + 2 nkv, 1, hd): one position, no transpose
+            q, k, v = heads.split_with_sizes(self.split, 1)
             if rope is not None:
                 q, k = _rotate(q, *rope), _rotate(k, *rope)
-            cache.k[i][:, :, L : L + 1] = k
-            cache.v[i][:, :, L : L + 1] = v
-            y = F.scaled_dot_product_attention(q, cache.k[i][:, :, : L + 1], cache.v[i][:, :, : L + 1],
+            k_cache.narrow(2, L, 1).copy_(k)
+            v_cache.narrow(2, L, 1).copy_(v)
+            y = F.scaled_dot_product_attention(q, k_cache.narrow(2, 0, L + 1), v_cache.narrow(2, 0, L + 1),
                                                attn_mask=attn_mask, enable_gqa=self.gqa)  # fmt: skip
-            x = x + out(y.reshape(B, 1, -1))
+            x = x + out(y.reshape(B, -1))
             h = ln_2(x)
             h = F.silu(gate(h)) * up(h) if gate is not None else F.gelu(up(h), approximate="tanh")
             x = x + down(h)
         cache.length = L + 1
-        return self.lm_head(self.ln_f(x)[:, -1])
+        return self.lm_head(self.ln_f(x))
 
 
 def _call(module: nn.Module) -> Callable[[Tensor], Tensor]:
-    """A plain Linear or LayerNorm as a direct functional call; any other module through its forward."""
+    """A plain Linear or LayerNorm as a direct call of its kernel; any other module through its forward."""
     if type(module) is nn.Linear:
         weight, bias = module.weight, module.bias
-        return lambda x: F.linear(x, weight, bias)
+        return lambda x: torch._C._nn.linear(x, weight, bias)
     if type(module) is nn.LayerNorm:
         shape, weight, bias, eps = module.normalized_shape, module.weight, module.bias, module.eps
-        return lambda x: F.layer_norm(x, shape, weight, bias, eps)
+        return lambda x: torch.layer_norm(x, shape, weight, bias, eps)
     return module.forward
 
 
@@ -440,12 +444,10 @@ def _decode(
         fast = FastDecodeStep(model, cache) if cache is not None and FastDecodeStep.supports(model) else None
         hidden = model.forward_hidden(tokens[:, :P], attention_mask=mask[:, :P] if padded else None,
                                       kv_cache=cache)  # fmt: skip
-        logits = model.lm_head(hidden[:, -1])
+        next_ids = sample_next(model.lm_head(hidden[:, -1]), params, seen, generator)
 
     alive = B
     for step in range(new_limit):
-        with torch.inference_mode():
-            next_ids = sample_next(logits, params, seen, generator)
         chosen = next_ids.tolist()
         events: list[StreamEvent] = []
         finished_now = False
@@ -469,7 +471,7 @@ def _decode(
                 mask[:, L:] = ~done[:, None]
             if padded:
                 next_ids = next_ids.masked_fill(~mask[:, L], pad_id)
-            tokens[:, L] = next_ids
+            tokens.select(1, L).copy_(next_ids)
             if seen is not None:
                 seen.scatter_(1, next_ids[:, None], True)
             if fast is not None:
@@ -477,13 +479,14 @@ def _decode(
                 if padded:
                     cache.mask[:, L] = mask[:, L]
                     cache.padded = True
-                logits = fast(tokens[:, L : L + 1], positions, cache.mask[:, None, None, : L + 1] if padded else None)
+                logits = fast(next_ids, positions, cache.mask[:, None, None, : L + 1] if padded else None)
                 positions += 1
             else:
                 step_mask = (mask[:, L : L + 1] if cache is not None else mask[:, : L + 1]) if padded else None
                 step_tokens = tokens[:, L : L + 1] if cache is not None else tokens[:, : L + 1]
                 logits = model.lm_head(model.forward_hidden(step_tokens, attention_mask=step_mask,
                                                             kv_cache=cache)[:, -1])  # fmt: skip
+            next_ids = sample_next(logits, params, seen, generator)
 
 
 class _RowState:
@@ -633,10 +636,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+# Below this size a decode step's operations are too small to share between threads: one thread is faster
+# (and on a busy machine, far faster: every parallel region waits for all its threads to be scheduled).
+SMALL_MODEL_PARAMS = 5_000_000
+
+
 def load_for_generation(gc: GenerateConfig) -> LoadedModel:
     """The model named by generate.model on the configured device, dtype and threads.
 
-    The seam for what comes later: fine-tuned checkpoints and LoRA adapters load through `load_model`.
+    Threads: generate.threads, else one for a model under SMALL_MODEL_PARAMS on a CPU, else torch's
+    default. The seam for what comes later: fine-tuned checkpoints and LoRA adapters load through
+    `load_model`.
     """
     from lmforge.infer.load import load_model
 
@@ -649,7 +659,10 @@ def load_for_generation(gc: GenerateConfig) -> LoadedModel:
     if gc.batch_size < 1:
         raise ConfigError(f"generate.batch_size must be at least 1, got {gc.batch_size}")
     device = resolve_device(gc.device)
-    return load_model(gc.model, device=device, dtype=resolve_dtype(gc.dtype, device))
+    loaded = load_model(gc.model, device=device, dtype=resolve_dtype(gc.dtype, device))
+    if gc.threads is None and device.type == "cpu" and loaded.model.num_params() < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+    return loaded
 
 
 def read_prompts_file(path: str | Path) -> list[str]:

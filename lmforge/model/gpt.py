@@ -273,6 +273,19 @@ def attention_mask_for(T: int, past: int, pad: Tensor | None, device: torch.devi
     return allowed[:, None]
 
 
+def segment_mask_and_positions(segment_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """For packed rows (B, T) of segment ids: the block-diagonal causal mask (B, 1, T, T) - a token attends
+    only to earlier tokens of its own segment - and each token's position within its segment (B, T)."""
+    B, T = segment_ids.shape
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    index = torch.arange(T, device=segment_ids.device).expand(B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return (same & causal)[:, None], index - first
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------
@@ -314,15 +327,24 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward_hidden(self, idx: Tensor, attention_mask: Tensor | None = None,
-                       kv_cache: KVCache | None = None, position_ids: Tensor | None = None) -> Tensor:
+                       kv_cache: KVCache | None = None, position_ids: Tensor | None = None,
+                       segment_ids: Tensor | None = None) -> Tensor:
         """Final-norm hidden states (B, T, n_embd) of the tokens idx (B, T).
 
         attention_mask: 1 for real tokens, 0 for padding; give it only when there is padding. Over the new
         tokens (B, T) or, with a cache, over cached + new tokens (B, length + T); the cache remembers it.
         Without position_ids, a row's positions count its real tokens only, so a left-padded row gets the
         positions (and logits) of the unpadded sequence.
+        segment_ids (B, T): packed sequences (fine-tuning); attention stays inside each run of equal ids and
+        positions restart at every run (give each sequence of a row its own id), so each computes as if alone.
+        Not with a cache or an attention_mask.
         """
-        B, T = idx.shape
+        T = idx.size(1)
+        if segment_ids is not None:
+            if kv_cache is not None or attention_mask is not None:
+                raise ValueError("segment_ids cannot be combined with a KV cache or an attention_mask")
+            mask, positions = segment_mask_and_positions(segment_ids.to(idx.device))
+            return self._run_blocks(idx, positions if position_ids is None else position_ids, mask, None)
         past = kv_cache.length if kv_cache is not None else 0
         end = past + T
         if kv_cache is not None and end > kv_cache.max_len:
@@ -343,8 +365,16 @@ class GPT(nn.Module):
                 raise ValueError(f"{end} positions, past the model's block_size {self.config.block_size}")
             else:
                 position_ids = torch.arange(past, end, device=idx.device)
-        position_ids = position_ids.expand(B, T)
+        x = self._run_blocks(idx, position_ids, attention_mask_for(T, past, pad, idx.device), kv_cache)
+        if kv_cache is not None:
+            kv_cache.length = end
+        return x
 
+    def _run_blocks(self, idx: Tensor, position_ids: Tensor, mask: Tensor | None,
+                    kv_cache: KVCache | None) -> Tensor:
+        """Embeddings, the blocks under `mask` (None: plain causal), the final norm."""
+        B, T = idx.shape
+        position_ids = position_ids.expand(B, T)
         x = self.wte(idx)
         rope = None
         if self.wpe is not None:
@@ -352,18 +382,15 @@ class GPT(nn.Module):
         else:
             rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = self.drop(x)
-        mask = attention_mask_for(T, past, pad, idx.device)
         for block in self.blocks:
             x = block(x, rope, mask, kv_cache)
-        if kv_cache is not None:
-            kv_cache.length = end
         return self.ln_f(x)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, attention_mask: Tensor | None = None,
                 kv_cache: KVCache | None = None, position_ids: Tensor | None = None,
-                ignore_index: int = -100) -> tuple[Tensor, Tensor | None]:
+                ignore_index: int = -100, segment_ids: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(logits (B, T, vocab), mean cross-entropy over the targets that are not ignore_index, or None)."""
-        logits = self.lm_head(self.forward_hidden(idx, attention_mask, kv_cache, position_ids))
+        logits = self.lm_head(self.forward_hidden(idx, attention_mask, kv_cache, position_ids, segment_ids))
         loss = None
         if targets is not None:
             flat = logits.float().view(-1, logits.size(-1))

@@ -152,7 +152,8 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         layer = model.get_submodule(name)
         if isinstance(layer, LoRALinear):
             raise ConfigError(f"{name} already has a LoRA adapter (merge it first)")
-        _set_module(model, name, LoRALinear(layer, spec.rank, spec.alpha, spec.dropout))
+        lora = LoRALinear(layer, spec.rank, spec.alpha, spec.dropout)
+        _set_module(model, name, lora.train(layer.training))  # an eval-mode model keeps its dropout off
     return model
 
 
@@ -259,6 +260,12 @@ class BaseModelRef:
     path: str
     sha256: str
     model_config: dict[str, Any]
+
+    @classmethod
+    def of(cls, model_dir: str | Path, model_config: dict[str, Any]) -> BaseModelRef:
+        """The reference to a base model loaded from `model_dir` (a checkpoint or Hugging Face directory,
+        not a run directory: resolve that first) whose GPTConfig.to_dict() is `model_config`."""
+        return cls(str(Path(model_dir).resolve()), weights_sha256(model_dir), dict(model_config))
 
 
 def weights_sha256(model_dir: str | Path) -> str:

@@ -3,7 +3,9 @@
 Each holds `model.safetensors` (tied tensors stored once, re-tied on load), `model_config.json`,
 `train_state.pt` (optimizer, schedule, RNG states, data position, step — plain types and tensors only,
 loaded with `weights_only=True`), `info.json` (step, val loss, tokenizer sha256), a copy of the
-shards' `tokenizer.json` when there is one, and `checksums.json` (sha256 of every other file).
+shards' `tokenizer.json` when there is one, and `checksums.json` (sha256 of every other file). A recipe
+may add files of its own (a classifier head, tokenizer_config.json); a LoRA fine-tune writes
+`adapter.safetensors` + `adapter_config.json` in place of `model.safetensors`.
 
 A checkpoint is assembled in a hidden temporary directory and renamed into place when complete; the
 `latest` and `best` pointer files (a directory name) are replaced atomically. Loading verifies the
@@ -17,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ from lmforge.runs import atomic_write_text, sha256_file
 log = logging.getLogger("lmforge")
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
-REQUIRED = ("model.safetensors", "model_config.json", "checksums.json")
+REQUIRED = ("model_config.json", "checksums.json")
+WEIGHTS = ("model.safetensors", "adapter.safetensors")  # a checkpoint holds at least one of them
 
 
 class CheckpointError(LmforgeError):
@@ -86,13 +90,17 @@ def load_model_file(path: Path) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     root: Path,
     step: int,
-    model_state: dict[str, torch.Tensor],
+    model_state: dict[str, torch.Tensor] | None,
     model_config: dict[str, Any],
     train_state: dict[str, Any],
     info: dict[str, Any],
     tokenizer_file: Path | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `root` atomically and point `latest` at it."""
+    """Write checkpoint `step` under `root` atomically and point `latest` at it.
+
+    model_state None writes no model.safetensors (then `write_extra` must write adapter.safetensors);
+    `write_extra(dir)` adds the recipe's own files before the checksums are taken."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -100,12 +108,19 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_model_file(model_state, tmp / "model.safetensors")
+        if model_state is not None:
+            save_model_file(model_state, tmp / "model.safetensors")
         (tmp / "model_config.json").write_text(json.dumps(model_config, indent=2) + "\n", encoding="utf-8")
         torch.save(train_state, tmp / "train_state.pt")
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if tokenizer_file is not None and tokenizer_file.is_file():
             shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+            # The chat template and special tokens travel with the tokenizer they belong to.
+            tokenizer_config = tokenizer_file.with_name("tokenizer_config.json")
+            if tokenizer_config.is_file() and not (tmp / tokenizer_config.name).exists():
+                shutil.copyfile(tokenizer_config, tmp / tokenizer_config.name)
+        if write_extra is not None:
+            write_extra(tmp)
         sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / "checksums.json").write_text(json.dumps({"sha256": sums}, indent=2) + "\n", encoding="utf-8")
         _fsync_dir_files(tmp)
@@ -163,6 +178,8 @@ def verify(ckpt: Path) -> str | None:
     for name in REQUIRED:
         if not (ckpt / name).is_file():
             return f"{name} missing"
+    if not any((ckpt / name).is_file() for name in WEIGHTS):
+        return f"{WEIGHTS[0]} missing"
     try:
         sums = json.loads((ckpt / "checksums.json").read_text(encoding="utf-8"))["sha256"]
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError):
@@ -194,7 +211,7 @@ def find_good_checkpoint(root: Path) -> Path | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run / checkpoints directory (its newest good checkpoint)."""
     path = Path(path)
-    if (path / "model.safetensors").is_file():
+    if any((path / name).is_file() for name in WEIGHTS):
         problem = verify(path)
         if problem is not None:
             raise CheckpointError(f"checkpoint {path} is bad: {problem}")

@@ -6,6 +6,11 @@ it logs, every `eval_every` it measures validation loss/perplexity and writes a 
 `save_every` (and at the end) it hands over to the `save` callback. Everything that decides what the
 next step computes — step, RNG states, schedule, optimizer — is in the checkpoint, so a resumed run
 continues bit for bit.
+
+Recipes other than pretraining plug in through `Components`: the sampler's micro-batches may carry a
+third item, a dict of extra keyword tensors for the model (`segment_ids`, `attention_mask`); `eval_fn`
+replaces the token-window evaluation with the recipe's own metrics, and `select_metric` names the one
+that decides the best checkpoint and early stopping (`val_loss` lower is better, anything else higher).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import contextlib
 import logging
 import math
 import random
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -86,15 +92,33 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     return Precision(name=name, device_type=device.type, scaler=scaler)
 
 
+# A micro-batch: (inputs, targets) or (inputs, targets, extra keyword tensors for the model's forward).
+MicroBatch = tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+
+
+class StepSampler(Protocol):
+    """What the loop needs from a sampler: each step's micro-batches, a pure function of the step."""
+
+    def rank_micro_batches(self, step: int, rank: int, world_size: int, micro_batch_size: int
+                           ) -> Sequence[MicroBatch]: ...  # fmt: skip
+
+    def epoch(self, step: int) -> float: ...
+
+    def state_dict(self, step: int) -> dict[str, Any]: ...
+
+
+LOWER_IS_BETTER = ("val_loss",)  # select metrics where lower is better; every other one is higher-better
+
+
 @dataclass
 class Components:
-    """What the loop works on; built by a recipe (pretrain.py)."""
+    """What the loop works on; built by a recipe (pretrain.py, finetune/recipe.py)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    sampler: BatchSampler
-    val: TokenSplit
+    sampler: BatchSampler | StepSampler
+    val: TokenSplit | None  # the token-window evaluation's split; None when eval_fn is given
     device: torch.device
     precision: Precision
     dist: DistInfo
@@ -103,6 +127,11 @@ class Components:
     metrics: MetricsLogger
     sample_fn: Callable[[nn.Module], str | None] | None = None
     save_fn: Callable[[TrainState, bool], None] | None = None
+    # The recipe's evaluation: model -> metrics, with at least "val_loss" (default: token windows of `val`).
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None
+    select_metric: str = "val_loss"  # the eval metric that picks the best checkpoint and drives early stopping
+    save_on_improve: bool = False  # also save at every evaluation that improves select_metric (model selection)
+    stage: str = "pretrain"  # the progress bar's label
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,10 +189,11 @@ def train_step(c: Components, step: int, grad_clip: float | None) -> tuple[torch
     n = len(micro)
     loss_sum = torch.zeros((), device=c.device)
     scaler = c.precision.scaler
-    for i, (x, y) in enumerate(micro):
+    for i, (x, y, *rest) in enumerate(micro):
         x, y = _to_device(x, c.device), _to_device(y, c.device)
+        kwargs = {k: _to_device(v, c.device) for k, v in rest[0].items()} if rest else {}
         with maybe_no_sync(c.model, c.dist, last_micro_step=i == n - 1), c.precision.autocast():
-            _, loss = c.model(x, targets=y)
+            _, loss = c.model(x, targets=y, **kwargs)
             scaled = loss / n
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += loss.detach()
@@ -192,6 +222,8 @@ def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(c: Components, num_windows: int) -> float:
     """Mean loss over `num_windows` fixed validation windows (split across ranks, same for every run)."""
+    if c.val is None:
+        raise LmforgeError("no validation split to evaluate (the recipe gave neither val nor eval_fn)")
     offsets = eval_offsets(c.val, c.block_size, num_windows)
     mine = offsets[rank_slice(num_windows, c.dist.rank, c.dist.world_size)]
     c.model.eval()
@@ -224,8 +256,9 @@ def train(c: Components, cfg: TrainConfig, state: TrainState) -> TrainState:
     check_every = 1 if c.device.type == "cpu" else max(1, cfg.log_every)
     num_eval_windows = eval_window_count(cfg, c.dist.world_size)
     bar = tqdm(
-        total=cfg.max_steps, initial=state.step, desc="pretrain", unit="step",
+        total=cfg.max_steps, initial=state.step, desc=c.stage, unit="step",
         disable=not c.dist.is_main, dynamic_ncols=True, leave=True,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line now and then, not a flood
     )  # fmt: skip
     c.model.train()
     window_start, window_tokens = time.perf_counter(), 0
@@ -281,7 +314,7 @@ def train(c: Components, cfg: TrainConfig, state: TrainState) -> TrainState:
                         "early stopping at step %d: no val improvement in %d evaluations (best %.4f at step %s)",
                         state.step, state.evals_since_best, state.best_val, state.best_step,
                     )  # fmt: skip
-            if state.step % cfg.save_every == 0 or final or state.stop_reason:
+            if state.step % cfg.save_every == 0 or final or state.stop_reason or (improved and c.save_on_improve):
                 if not math.isfinite(float(loss)):
                     _raise_non_finite(state.step, float(loss), last_good_step)
                 if c.save_fn is not None:
@@ -319,25 +352,34 @@ def _raise_non_finite(step: int, value: float, last_good_step: int) -> None:
 
 
 def _evaluate_and_sample(c: Components, cfg: TrainConfig, state: TrainState, num_windows: int) -> bool:
-    """Validation loss and perplexity, early-stopping bookkeeping, a sample. True if val improved."""
+    """Validation metrics, best/early-stopping bookkeeping on `select_metric`, a sample. True if it improved.
+
+    `state.best_val` holds the best value of the select metric (val loss for pretraining)."""
     with _fork_rng(c.device):  # evaluation must not move the training RNG streams
-        val_loss = evaluate(c, num_windows)
+        results = c.eval_fn(c.model) if c.eval_fn is not None else {"val_loss": evaluate(c, num_windows)}
+    val_loss = results["val_loss"]
     if not math.isfinite(val_loss):
         raise NonFiniteLossError(f"validation loss became {val_loss} at step {state.step}; stopping")
-    improved = val_loss < state.best_val
+    score = results[c.select_metric]
+    if c.select_metric in LOWER_IS_BETTER:
+        improved = score < state.best_val
+    else:
+        improved = state.best_step is None or score > state.best_val
     state.last_val = val_loss
     if improved:
-        state.best_val, state.best_step, state.evals_since_best = val_loss, state.step, 0
+        state.best_val, state.best_step, state.evals_since_best = score, state.step, 0
     else:
         state.evals_since_best += 1
     if c.schedule.observe_val_loss(val_loss):
         log.info("val loss plateaued: learning rate scale now %.3g", c.schedule.plateau_scale)
     ppl = math.exp(min(val_loss, 700.0))
-    c.metrics.log({"event": "eval", "step": state.step, "val_loss": val_loss, "val_ppl": ppl,
+    others = {k: v for k, v in results.items() if k != "val_loss"}
+    c.metrics.log({"event": "eval", "step": state.step, "val_loss": val_loss, "val_ppl": ppl, **others,
                    "best_val": state.best_val})  # fmt: skip
     if c.dist.is_main:
-        tqdm.write(f"step {state.step}: val loss {val_loss:.4f}, perplexity {ppl:.2f}")
-        log.debug("step %d: val loss %.4f, perplexity %.2f", state.step, val_loss, ppl)
+        shown = "".join(f", {k} {v:.4f}" for k, v in others.items())
+        tqdm.write(f"step {state.step}: val loss {val_loss:.4f}, perplexity {ppl:.2f}{shown}")
+        log.debug("step %d: val loss %.4f, perplexity %.2f%s", state.step, val_loss, ppl, shown)
     if cfg.sample_every_eval and c.sample_fn is not None:
         with _fork_rng(c.device):
             text = c.sample_fn(c.model)

@@ -50,8 +50,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tokenizer")
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator([corpus_text()] * 2, vocab_size=400, min_frequency=2, special_tokens=[EOS],
-                            show_progress=False)  # fmt: skip
+    tok.train_from_iterator(
+        [corpus_text()] * 2, vocab_size=400, min_frequency=2, special_tokens=[EOS], show_progress=False
+    )
     tok.save(str(out / "tokenizer.json"))
     config = {"eos_token": EOS, "bos_token": EOS, "tokenizer_class": "PreTrainedTokenizerFast"}
     (out / "tokenizer_config.json").write_text(json.dumps(config))
@@ -71,8 +72,16 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> P
 
     vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=48, n_embd=32, n_layer=2, n_head=4,
-                     initializer_range=0.2, eos_token_id=0, bos_token_id=0)  # fmt: skip
+    cfg = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=48,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.2,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
     return _save(GPT2LMHeadModel(cfg).eval(), tokenizer_dir, tmp_path_factory.mktemp("gpt2"))
 
 
@@ -82,7 +91,17 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> 
 
     vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
     torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=48,
-                      initializer_range=0.2, tie_word_embeddings=False, eos_token_id=0, bos_token_id=0)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=48,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        eos_token_id=0,
+        bos_token_id=0,
+    )
     return _save(LlamaForCausalLM(cfg).eval(), tokenizer_dir, tmp_path_factory.mktemp("llama"))

@@ -36,24 +36,36 @@ def test_no_task_and_no_model(capsys: pytest.CaptureFixture[str], gpt2_dir: Path
     doc = tmp_path / "a.txt"
     doc.write_text("hello world\n")
     assert_error(*run_cli(capsys, "--task", "lm", f"eval.lm.files=[{doc}]"), "no model given")
-    assert_error(*run_cli(capsys, str(tmp_path / "nope"), "--task", "lm", f"eval.lm.files=[{doc}]"), "no such model")
+    assert_error(
+        *run_cli(capsys, str(tmp_path / "nope"), "--task", "lm", f"eval.lm.files=[{doc}]"), "no such model"
+    )
     assert_error(*run_cli(capsys, str(gpt2_dir), "--task", "lm"), "needs eval.lm.files")
 
 
 def test_empty_evaluation_set(capsys: pytest.CaptureFixture[str], gpt2_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    code, line = run_cli(capsys, str(gpt2_dir), "--task", "lm", f"eval.lm.files=[{empty}]", "--out", str(tmp_path / "r"))
+    code, line = run_cli(
+        capsys, str(gpt2_dir), "--task", "lm", f"eval.lm.files=[{empty}]", "--out", str(tmp_path / "r")
+    )
     assert_error(code, line, "task 'lm': the evaluation set is empty", "empty.jsonl")
     data = tmp_path / "qa.jsonl"
     data.write_text("")
-    code, line = run_cli(capsys, str(gpt2_dir), "--task", "multiple_choice", f"eval.multiple_choice.data={data}",
-                         "--out", str(tmp_path / "r"))  # fmt: skip
+    code, line = run_cli(
+        capsys,
+        str(gpt2_dir),
+        "--task",
+        "multiple_choice",
+        f"eval.multiple_choice.data={data}",
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert_error(code, line, "the evaluation set is empty", "qa.jsonl")
 
 
-def test_task_file_missing_a_field_names_file_line_field(capsys: pytest.CaptureFixture[str], gpt2_dir: Path,
-                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_task_file_missing_a_field_names_file_line_field(
+    capsys: pytest.CaptureFixture[str], gpt2_dir: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "qa.jsonl"
     rows = [{"question": "Is it?", "options": ["yes", "no"], "answer": 0}, {"question": "Or?", "answer": 1}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -73,8 +85,9 @@ def test_task_file_missing_a_field_names_file_line_field(capsys: pytest.CaptureF
     lambada = tmp_path / "lm-eval" / "lambada" / "lambada_test.jsonl"
     lambada.parent.mkdir(parents=True)
     lambada.write_text('{"text": "a b c"}\n{"txt": "d e f"}\n')
-    code, line = run_cli(capsys, str(gpt2_dir), "--task", "lambada", f"eval.data_dir={tmp_path}",
-                         "--out", str(tmp_path / "r"))  # fmt: skip
+    code, line = run_cli(
+        capsys, str(gpt2_dir), "--task", "lambada", f"eval.data_dir={tmp_path}", "--out", str(tmp_path / "r")
+    )
     assert_error(code, line, f"{lambada}:2: missing field 'text'")
 
 
@@ -82,8 +95,14 @@ def test_label_outside_known_classes(capsys: pytest.CaptureFixture[str], tmp_pat
     data, preds = tmp_path / "dev.jsonl", tmp_path / "preds.txt"
     data.write_text('{"text": "good", "label": "pos"}\n{"text": "meh", "label": "neutral"}\n')
     preds.write_text("pos\npos\n")
-    args = ["--task", "classify", f"eval.classify.data={data}", f"eval.classify.predictions={preds}",
-            "--out", str(tmp_path / "r")]  # fmt: skip
+    args = [
+        "--task",
+        "classify",
+        f"eval.classify.data={data}",
+        f"eval.classify.predictions={preds}",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     code, line = run_cli(capsys, *args, "eval.classify.labels=[neg, pos]")
     assert_error(code, line, f"{data}:2: label 'neutral' is not one of the known classes (neg, pos)")
     preds.write_text("pos\nnegative\n")
@@ -93,11 +112,15 @@ def test_label_outside_known_classes(capsys: pytest.CaptureFixture[str], tmp_pat
     assert_error(*run_cli(capsys, *args), "1 predictions for 2 examples")
 
 
-def test_prompt_longer_than_the_context(capsys: pytest.CaptureFixture[str], gpt2_dir: Path, tmp_path: Path) -> None:
+def test_prompt_longer_than_the_context(
+    capsys: pytest.CaptureFixture[str], gpt2_dir: Path, tmp_path: Path
+) -> None:
     lambada = tmp_path / "lm-eval" / "lambada" / "lambada_test.jsonl"
     lambada.parent.mkdir(parents=True)
     long_text = " ".join(["the river flows through the valley"] * 20) + " sea"
-    lambada.write_text(json.dumps({"text": "short context here"}) + "\n" + json.dumps({"text": long_text}) + "\n")
+    lambada.write_text(
+        json.dumps({"text": "short context here"}) + "\n" + json.dumps({"text": long_text}) + "\n"
+    )
     base = [str(gpt2_dir), "--task", "lambada", f"eval.data_dir={tmp_path}", "--out", str(tmp_path / "r")]
     code, line = run_cli(capsys, *base, "eval.truncation=error")
     assert_error(code, line, f"{lambada}:2:", "do not fit the model's context of 48", "eval.truncation=left")
@@ -115,7 +138,9 @@ def test_bad_settings(capsys: pytest.CaptureFixture[str], gpt2_dir: Path, tmp_pa
     doc.write_text("hello world\n")
     base = [str(gpt2_dir), "--task", "lm", f"eval.lm.files=[{doc}]"]
     assert_error(*run_cli(capsys, *base, "eval.max_length=100"), "exceeds the model's block_size (48)")
-    assert_error(*run_cli(capsys, *base, "eval.max_length=16", "eval.stride=16"), "must be smaller than max_length")
+    assert_error(
+        *run_cli(capsys, *base, "eval.max_length=16", "eval.stride=16"), "must be smaller than max_length"
+    )
     assert_error(*run_cli(capsys, *base, "--limit", "0"), "eval.limit must be at least 1")
     assert_error(*run_cli(capsys, *base, "eval.limt=3"), "unknown config key 'eval.limt'", "eval.limit")
     assert_error(*run_cli(capsys, *base, "--task", "lm"), "task 'lm' is listed twice")

@@ -21,7 +21,9 @@ def random_labels(seed: int, n: int, classes: list[str], skew: float = 0.7) -> t
     return y_true, y_pred
 
 
-@pytest.mark.parametrize(("seed", "classes"), [(0, ["neg", "pos"]), (1, ["a", "b", "c", "d"]), (2, list("xyz"))])
+@pytest.mark.parametrize(
+    ("seed", "classes"), [(0, ["neg", "pos"]), (1, ["a", "b", "c", "d"]), (2, list("xyz"))]
+)
 def test_classification_metrics_equal_sklearn(seed: int, classes: list[str]) -> None:
     y_true, y_pred = random_labels(seed, 200, classes)
     labels = [*classes, "never"]  # a class with no examples and no predictions: zero_division=0
@@ -36,7 +38,9 @@ def test_classification_metrics_equal_sklearn(seed: int, classes: list[str]) -> 
             (p[i], r[i], f[i], s[i]), abs=1e-12
         )
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
+        p, r, f, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=avg, zero_division=0
+        )
         assert ours[f"{avg}_precision"] == pytest.approx(p, abs=1e-12)
         assert ours[f"{avg}_recall"] == pytest.approx(r, abs=1e-12)
         assert ours[f"{avg}_f1"] == pytest.approx(f, abs=1e-12)
@@ -46,7 +50,7 @@ def test_classification_edge_cases() -> None:
     # A class predicted but never right, another never predicted: zeros, not NaN.
     y_true, y_pred = ["a", "a", "b"], ["b", "b", "b"]
     ours = metrics.classification_metrics(y_true, y_pred, ["a", "b"])
-    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=["a", "b"], zero_division=0)
+    *_, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=["a", "b"], zero_division=0)
     assert [ours["per_class"][c]["f1"] for c in "ab"] == pytest.approx(list(f))
     assert ours["macro_f1"] == pytest.approx(f.mean())
     with pytest.raises(DataError, match="example 2: prediction 'z' is not one of the known classes"):
@@ -75,15 +79,19 @@ ZH_HYPS = ["我们明天去公园。", "今天天气很好", "他不喜欢吃苹
 ZH_REFS = ["我们明天去公园散步。", "今天天气很好。", "他喜欢吃苹果。"]
 
 
-@pytest.mark.parametrize(("hyps", "refs", "tokenize"), [(HYPS, REFS, "13a"), (ZH_HYPS, ZH_REFS, "zh"),
-                                                        (HYPS, REFS, "intl"), (ZH_HYPS, ZH_REFS, "char")])
+@pytest.mark.parametrize(
+    ("hyps", "refs", "tokenize"),
+    [(HYPS, REFS, "13a"), (ZH_HYPS, ZH_REFS, "zh"), (HYPS, REFS, "intl"), (ZH_HYPS, ZH_REFS, "char")],
+)
 def test_bleu_chrf_equal_sacrebleu(hyps: list[str], refs: list[str], tokenize: str) -> None:
     ours = metrics.bleu(hyps, refs, tokenize)
     ref = sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize)
     assert ours["score"] == pytest.approx(ref.score, abs=1e-9)
     assert ours["precisions"] == pytest.approx(ref.precisions)
     assert f"tok:{tokenize}" in ours["signature"]
-    assert metrics.chrf(hyps, refs)["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9)
+    assert metrics.chrf(hyps, refs)["score"] == pytest.approx(
+        sacrebleu.corpus_chrf(hyps, [refs]).score, abs=1e-9
+    )
     for h, r in zip(hyps, refs):
         want = sacrebleu.sentence_bleu(h, [r], tokenize=tokenize).score
         assert metrics.sentence_bleu(h, r, tokenize) == pytest.approx(want, abs=1e-9)

@@ -59,16 +59,26 @@ def test_perplexity_and_bits_per_byte_match_transformers(tmp_path: Path, flavour
     model_dir: Path = request.getfixturevalue(f"{flavour}_dir")
     docs = [corpus_text(2), "Short one.", " ".join(SENTENCES[::-1])]  # long (many windows), tiny, medium
     jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
-    report = evaluate(tmp_path, model_dir, "eval.tasks=[lm]", f"eval.lm.files=[{jsonl}]",
-                      f"eval.max_length={MAX_LENGTH}", f"eval.stride={STRIDE}")["tasks"]["lm"]  # fmt: skip
+    jsonl.write_text(
+        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8"
+    )
+    report = evaluate(
+        tmp_path,
+        model_dir,
+        "eval.tasks=[lm]",
+        f"eval.lm.files=[{jsonl}]",
+        f"eval.max_length={MAX_LENGTH}",
+        f"eval.stride={STRIDE}",
+    )["tasks"]["lm"]
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
     model = hf_model(model_dir)
     nll, tokens = 0.0, 0
     for d in docs:
-        n, t = hf_sliding_window_nll(model, [eos, *tok.encode(d, add_special_tokens=False).ids], MAX_LENGTH, STRIDE)
+        n, t = hf_sliding_window_nll(
+            model, [eos, *tok.encode(d, add_special_tokens=False).ids], MAX_LENGTH, STRIDE
+        )
         nll, tokens = nll + n, tokens + t
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
 
@@ -128,14 +138,24 @@ def greedy_hits(model_dir: Path, n: int) -> list[str]:
 def test_lambada_loglikelihoods_match_transformers(tmp_path: Path, flavour: str, request) -> None:
     model_dir: Path = request.getfixturevalue(f"{flavour}_dir")
     english = [s for s in SENTENCES if s.isascii()]
-    texts = [f"{a} {b} {c}" for a, b, c in zip(SENTENCES, SENTENCES[3:] + SENTENCES[:3], english[2:] + english)]
+    texts = [
+        f"{a} {b} {c}" for a, b, c in zip(SENTENCES, SENTENCES[3:] + SENTENCES[:3], english[2:] + english)
+    ]
     texts += greedy_hits(model_dir, 4)  # passages whose last word is the model's greedy choice
     data = tmp_path / "lm-eval" / "lambada" / "lambada_test.jsonl"  # where the built-in task looks
     data.parent.mkdir(parents=True)
-    data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    data.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8"
+    )
     max_length = 32  # most passages are longer: left truncation is exercised
-    report = evaluate(tmp_path, model_dir, "eval.tasks=[lambada]", f"eval.data_dir={tmp_path}",
-                      f"eval.max_length={max_length}", "eval.worst_n=100")  # fmt: skip
+    report = evaluate(
+        tmp_path,
+        model_dir,
+        "eval.tasks=[lambada]",
+        f"eval.data_dir={tmp_path}",
+        f"eval.max_length={max_length}",
+        "eval.worst_n=100",
+    )
     result = report["tasks"]["lambada"]
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -154,17 +174,29 @@ def test_lambada_loglikelihoods_match_transformers(tmp_path: Path, flavour: str,
 
 def test_multiple_choice_matches_transformers(tmp_path: Path, gpt2_dir: Path) -> None:
     questions = [
-        {"question": "Where does the river flow?", "options": ["to the sea", "into the sky", "up the hill"],
-         "answer": 0},
-        {"question": "Who is playing in the park?", "options": ["two young children", "the castle"], "answer": 0},
-        {"question": "What did the man wear?", "options": ["a hat", "a blue shirt", "nothing at all today"],
-         "answer": "a blue shirt"},
+        {
+            "question": "Where does the river flow?",
+            "options": ["to the sea", "into the sky", "up the hill"],
+            "answer": 0,
+        },
+        {
+            "question": "Who is playing in the park?",
+            "options": ["two young children", "the castle"],
+            "answer": 0,
+        },
+        {
+            "question": "What did the man wear?",
+            "options": ["a hat", "a blue shirt", "nothing at all today"],
+            "answer": "a blue shirt",
+        },
         {"question": "Was the weather fine?", "options": ["yes", "no"], "answer": 1},
     ]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
     spec = tmp_path / "qa.yaml"
-    spec.write_text('name: qa\ndata: qa.jsonl\ncontext: "Q: {question}\\nA:"\nchoices: options\ngold: answer\n')
+    spec.write_text(
+        'name: qa\ndata: qa.jsonl\ncontext: "Q: {question}\\nA:"\nchoices: options\ngold: answer\n'
+    )
     result = evaluate(tmp_path, gpt2_dir, f"eval.tasks=[{spec}]", "eval.worst_n=10")["tasks"]["qa"]
 
     tok = Tokenizer.from_file(str(gpt2_dir / "tokenizer.json"))

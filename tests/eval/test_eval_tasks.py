@@ -31,15 +31,24 @@ SST2_ROWS = [
 
 def write_sst2(tmp_path: Path) -> tuple[Path, Path]:
     data, preds = tmp_path / "dev.tsv", tmp_path / "preds.txt"
-    data.write_text("sentence\tlabel\n" + "".join(f"{s}\t{gold}\n" for s, gold, _ in SST2_ROWS), encoding="utf-8")
+    data.write_text(
+        "sentence\tlabel\n" + "".join(f"{s}\t{gold}\n" for s, gold, _ in SST2_ROWS), encoding="utf-8"
+    )
     preds.write_text("".join(f"{p}\n" for _, _, p in SST2_ROWS), encoding="utf-8")
     return data, preds
 
 
 def test_classify_from_predictions_writes_report_and_confusion_png(tmp_path: Path) -> None:
     data, preds = write_sst2(tmp_path)
-    cfg = load_config(None, ["eval.tasks=[classify]", f"eval.classify.data={data}",
-                             f"eval.classify.predictions={preds}", "eval.classify.text_field=sentence"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "eval.tasks=[classify]",
+            f"eval.classify.data={data}",
+            f"eval.classify.predictions={preds}",
+            "eval.classify.text_field=sentence",
+        ],
+    )
     run = tmp_path / "run"
     report = run_evaluate(cfg, out=run)  # no model needed: the predictions are given
     result = report["tasks"]["classify"]
@@ -61,9 +70,19 @@ def test_classify_from_predictions_writes_report_and_confusion_png(tmp_path: Pat
 
 def test_classify_takes_a_predictor_callable(tmp_path: Path) -> None:
     data, _ = write_sst2(tmp_path)
-    cfg = load_config(None, ["eval.tasks=[classify]", f"eval.classify.data={data}", "eval.classify.text_field=sentence",
-                             "eval.classify.labels=[0, 1]", "eval.limit=4"])  # fmt: skip
-    report = run_evaluate(cfg, out=tmp_path / "run", predictors={"classify": lambda texts: ["1"] * len(texts)})
+    cfg = load_config(
+        None,
+        [
+            "eval.tasks=[classify]",
+            f"eval.classify.data={data}",
+            "eval.classify.text_field=sentence",
+            "eval.classify.labels=[0, 1]",
+            "eval.limit=4",
+        ],
+    )
+    report = run_evaluate(
+        cfg, out=tmp_path / "run", predictors={"classify": lambda texts: ["1"] * len(texts)}
+    )
     result = report["tasks"]["classify"]
     assert result["n"] == 4 and result["metrics"]["accuracy"] == pytest.approx(3 / 4)
     assert result["details"]["per_class"]["0"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
@@ -86,28 +105,49 @@ def hf_greedy(model: Any, ids: list[int], tok: Tokenizer, max_new: int, eos: int
 def test_translation_tasks_bleu_and_greedy_outputs(tmp_path: Path, gpt2_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    en = ["A man in an orange hat staring at something.", "Two dogs play in the snow.",
-          "A girl in a karate uniform breaking a stick with a front kick.", "People are fixing the roof of a house.",
-          "A little girl climbs into a wooden playhouse while her brother watches from the window."]
-    de = ["Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.", "Zwei Hunde spielen im Schnee.",
-          "Ein Mädchen in einem Karateanzug bricht einen Stock mit einem Tritt.", "Leute reparieren das Dach eines Hauses.",
-          "Ein kleines Mädchen klettert in ein Spielhaus aus Holz."]  # fmt: skip
+    en = [
+        "A man in an orange hat staring at something.",
+        "Two dogs play in the snow.",
+        "A girl in a karate uniform breaking a stick with a front kick.",
+        "People are fixing the roof of a house.",
+        "A little girl climbs into a wooden playhouse while her brother watches from the window.",
+    ]
+    de = [
+        "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
+        "Zwei Hunde spielen im Schnee.",
+        "Ein Mädchen in einem Karateanzug bricht einen Stock mit einem Tritt.",
+        "Leute reparieren das Dach eines Hauses.",
+        "Ein kleines Mädchen klettert in ein Spielhaus aus Holz.",
+    ]
     m30k = tmp_path / "translation" / "multi30k"
     m30k.mkdir(parents=True)
     (m30k / "test_2016_flickr.en").write_text("\n".join(en) + "\n", encoding="utf-8")
     (m30k / "test_2016_flickr.de").write_text("\n".join(de) + "\n", encoding="utf-8")
     tatoeba = tmp_path / "translation" / "tatoeba_cmn_eng"
     tatoeba.mkdir(parents=True)
-    rows = [("Hi.", "嗨。"), ("Run.", "你用跑的。"), ("I won!", "我赢了。"), ("We are going to the park tomorrow.", "我们明天去公园。")]
+    rows = [
+        ("Hi.", "嗨。"),
+        ("Run.", "你用跑的。"),
+        ("I won!", "我赢了。"),
+        ("We are going to the park tomorrow.", "我们明天去公园。"),
+    ]
     lines = []
     for i, (e, z) in enumerate(rows * 10):  # every 20th row is the test set: rows 0 and 20
         lines.append(f"{e}\t{z}\tCC-BY 2.0 (France) Attribution: tatoeba.org #{i}\n")
     (tatoeba / "cmn.txt").write_text("".join(lines), encoding="utf-8")
 
     max_new = 12
-    cfg = load_config(None, [f"eval.model={gpt2_dir}", "eval.tasks=[multi30k, tatoeba_en_zh]", "eval.device=cpu",
-                             f"eval.data_dir={tmp_path}", f"eval.translate.max_new_tokens={max_new}",
-                             "eval.batch_size=2"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"eval.model={gpt2_dir}",
+            "eval.tasks=[multi30k, tatoeba_en_zh]",
+            "eval.device=cpu",
+            f"eval.data_dir={tmp_path}",
+            f"eval.translate.max_new_tokens={max_new}",
+            "eval.batch_size=2",
+        ],
+    )
     run = tmp_path / "run"
     report = run_evaluate(cfg, out=run)
 
@@ -133,16 +173,36 @@ def test_translation_tasks_bleu_and_greedy_outputs(tmp_path: Path, gpt2_dir: Pat
     z = report["tasks"]["tatoeba_en_zh"]
     assert z["n"] == 2 and z["details"]["tokenize"] == "zh"
     zh_hyps = (run / "hypotheses_tatoeba_en_zh.txt").read_text(encoding="utf-8").splitlines()
-    assert z["metrics"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(zh_hyps, [["嗨。", "嗨。"]], tokenize="zh").score)
+    assert z["metrics"]["bleu"] == pytest.approx(
+        sacrebleu.corpus_bleu(zh_hyps, [["嗨。", "嗨。"]], tokenize="zh").score
+    )
 
 
 def test_cli_on_shared_benchmarks(tmp_path: Path, gpt2_dir: Path, shared_data: Path) -> None:
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "lmforge.cli", "evaluate", str(gpt2_dir), "--task", "wikitext2", "--task", "lambada",
-         "--limit", "2", "--out", str(run), "eval.device=cpu", f"eval.data_dir={shared_data}", "eval.worst_n=1"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lmforge.cli",
+            "evaluate",
+            str(gpt2_dir),
+            "--task",
+            "wikitext2",
+            "--task",
+            "lambada",
+            "--limit",
+            "2",
+            "--out",
+            str(run),
+            "eval.device=cpu",
+            f"eval.data_dir={shared_data}",
+            "eval.worst_n=1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wikitext2" in proc.stdout and "bits_per_byte" in proc.stdout
     report = json.loads((run / "report.json").read_text())
