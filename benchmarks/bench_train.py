@@ -8,7 +8,7 @@
    metrics.jsonl (training time only, warm-up steps excluded): nanoGPT's CPU setting with and without
    torch.compile, and a ~10M-parameter model; MFU = tokens/s × model.flops_per_token() / peak.
 4. Quality per second: val loss over 200 batches of the last 10% after `--quality-seconds` of training
-   with configs/shakespeare-char.yaml.
+   with configs/shakespeare-char.yaml, its learning rate decaying over that time (schedule.horizon=time).
 5. Peak resident memory of each run (ru_maxrss of the subprocess). Prints a markdown table.
 """
 
@@ -186,18 +186,11 @@ def main() -> None:
         from lmforge.config import load_config
 
         cfg = load_config(config)
-        # The cosine schedule needs a step count: estimate it from a short throughput run of the same config.
-        probe, _, _ = run_pretrain(
-            shards,
-            out / "quality-probe",
-            [*common, "train.max_steps=60", "train.schedule.warmup_steps=5"],
-            config,
-        )
-        probe_tok_s = train_tok_per_s(probe, skip_steps=20)
-        steps = int(probe_tok_s * args.quality_seconds / (cfg.train.batch_size * cfg.model.block_size))
+        # The schedule decays over the time budget (schedule.horizon=time), however many steps fit in it.
         overrides = [
-            f"train.threads={args.threads}", f"train.max_seconds={args.quality_seconds}", f"train.max_steps={steps}",
-            f"train.eval_every={steps + 1}", "train.eval_batches=200", "train.save_every=100000",
+            f"train.threads={args.threads}", f"train.max_seconds={args.quality_seconds}", "train.max_steps=1000000",
+            "train.schedule.horizon=time", "train.eval_every=1000000", "train.eval_batches=200",
+            "train.save_every=1000000", "train.sample_every_eval=false",
         ]  # fmt: skip
         run, rss, wall = run_pretrain(shards, out / "quality", overrides, config)
         val, at_step = last_val(run)

@@ -87,14 +87,8 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    cfg, inputs = _config(args)
-    from lmforge.train.pretrain import run_pretrain
-
-    if len(inputs) > 1:
-        raise LmforgeError(f"pretrain: one token-shard directory expected, got {len(inputs)}")
-    if inputs:
-        cfg.train.data = inputs[0]
+def _apply_train_options(cfg: Config, args: argparse.Namespace) -> None:
+    """--out/--resume/--device/--strategy, shared by every verb that runs the training loop."""
     if args.out:
         cfg.train.out = args.out
     if args.resume:
@@ -103,6 +97,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         cfg.train.device = args.device
     if args.strategy:
         cfg.train.strategy = args.strategy
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.train.pretrain import run_pretrain
+
+    if len(inputs) > 1:
+        raise LmforgeError(f"pretrain: one token-shard directory expected, got {len(inputs)}")
+    if inputs:
+        cfg.train.data = inputs[0]
+    _apply_train_options(cfg, args)
     run_pretrain(cfg)
     return 0
 
@@ -117,14 +122,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for key in ("task", "method", "base"):
         if getattr(args, key):
             setattr(cfg.finetune, key, getattr(args, key))
-    if args.out:
-        cfg.train.out = args.out
-    if args.resume:
-        cfg.train.resume = True
-    if args.device:
-        cfg.train.device = args.device
-    if args.strategy:
-        cfg.train.strategy = args.strategy
+    _apply_train_options(cfg, args)
     summary = run_finetune(cfg)
     best = summary.get("best_checkpoint") or summary.get("checkpoint")
     shown = "  ".join(f"{k} {summary[k]:.4f}" for k in ("val_loss", "accuracy", "macro_f1")
@@ -196,6 +194,64 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress_config(args: argparse.Namespace, verb: str, what: str, options: dict[str, str]) -> Config:
+    """The shared options of quantize / distill / prune: the one input, --data, --device, --resume; `options`
+    maps other flags to the config keys they set, checked like any override."""
+    given_options = [f"{key}={getattr(args, flag)}" for flag, key in options.items() if getattr(args, flag) is not None]
+    cfg, inputs = _config(args, given_options)
+    given = _one_input(verb, inputs, what)
+    if given:
+        if verb == "distill":
+            cfg.compress.data = given
+        else:
+            cfg.compress.model = given
+    if getattr(args, "data", None):
+        cfg.compress.data = args.data
+    if getattr(args, "device", None):
+        cfg.train.device = args.device
+    if getattr(args, "resume", False):
+        cfg.train.resume = True
+    return cfg
+
+
+def _print_compress_report(report: dict) -> None:
+    from lmforge.compress.compare import render_table
+
+    labels = ("teacher", "student") if report["stage"] == "distill" else ("before", "after")
+    print(render_table(report, labels))
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    cfg = _compress_config(args, "quantize", "model (a checkpoint, run, Hugging Face directory or .onnx)",
+                           {"method": "compress.quantize.method"})  # fmt: skip
+    from lmforge.compress.quantize import run_quantize
+
+    _print_compress_report(run_quantize(cfg, out=args.out))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    cfg = _compress_config(args, "distill", "token-shard directory", {})
+    from lmforge.compress.distill import run_distill
+
+    if args.teacher:
+        cfg.compress.distill.teacher = args.teacher
+    if args.student:
+        cfg.compress.distill.student = args.student
+    _print_compress_report(run_distill(cfg, out=args.out))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    keys = ("method", "sparsity", "scope", "heads", "mlp", "recovery_steps")
+    cfg = _compress_config(args, "prune", "model (a checkpoint, run or Hugging Face directory)",
+                           {key: f"compress.prune.{key}" for key in keys})  # fmt: skip
+    from lmforge.compress.prune import run_prune
+
+    _print_compress_report(run_prune(cfg, out=args.out))
+    return 0
+
+
 def _generate_config(args: argparse.Namespace, verb: str) -> Config:
     cfg, inputs = _config(args)
     model = _one_input(verb, inputs, "model (a checkpoint, run or Hugging Face directory)")
@@ -214,6 +270,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg.generate.prompt = list(args.prompt)
     if args.prompts_file:
         cfg.generate.prompts_file = args.prompts_file
+    from lmforge.export.onnx_runner import is_onnx_model, run_generate_onnx
+
+    if is_onnx_model(cfg.generate.model):  # an .onnx file or ONNX export dir: onnxruntime, no PyTorch model
+        run_generate_onnx(cfg, stream_output=args.stream, as_json=args.json)
+        return 0
     run_generate(cfg, stream_output=args.stream, as_json=args.json)
     return 0
 
@@ -227,6 +288,90 @@ def cmd_chat(args: argparse.Namespace) -> int:
     run_chat(cfg)
     return 0
 
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.serve import run_serve
+
+    model = _one_input("serve", inputs, "model (a checkpoint, run, adapter or Hugging Face directory, or .onnx)")
+    if model:
+        cfg.serve.model = model
+    for key in ("base", "classifier", "host", "port", "device"):
+        if getattr(args, key) is not None:
+            setattr(cfg.serve, key, getattr(args, key))
+    run_serve(cfg)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.serve.dashboard import run_dashboard
+
+    _no_extra_inputs("dashboard", inputs)
+    for key in ("runs_dir", "port", "host", "api_base"):
+        if getattr(args, key) is not None:
+            setattr(cfg.dashboard, key, getattr(args, key))
+    run_dashboard(cfg)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    cfg, inputs = _config(args)
+    from lmforge.eval.explain import run_explain
+    from lmforge.eval.explain_render import terminal_report
+
+    model = _one_input("explain", inputs, "model (a checkpoint, run or Hugging Face directory)")
+    if model:
+        cfg.explain.model = model
+    if args.prompt is not None:
+        cfg.explain.prompt = args.prompt
+    if args.method:
+        cfg.explain.methods = list(args.method)
+    if args.target is not None:
+        cfg.explain.target = args.target
+    result, run_dir = run_explain(cfg, out=args.out)
+    color = cfg.explain.color == "always" or (cfg.explain.color == "auto" and sys.stdout.isatty())
+    files = sorted(p for p in run_dir.iterdir() if p.suffix in (".png", ".html", ".json") and p.name != "manifest.json")
+    print(terminal_report(result, color, files))
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from lmforge.pipeline.runner import plan_pipeline, run_pipeline
+    from lmforge.pipeline.spec import load_pipeline
+
+    spec = load_pipeline(args.file, list(args.args), out=args.out)
+    if args.dry_run:
+        print(plan_pipeline(spec, force=args.force))
+        return 0
+    run_pipeline(spec, force=args.force)
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from lmforge.pipeline.lineage import format_lineage, lineage, raw_inputs
+
+    if args.json:
+        import json
+
+        chains = lineage(args.artifact)
+        print(json.dumps({"artifact": args.artifact, "chains": chains, "raw_inputs": raw_inputs(chains)}, indent=2))
+    else:
+        sys.stdout.write(format_lineage(args.artifact))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    inputs, overrides = _split_args(args.args)
+    _no_extra_inputs("sweep", inputs)
+    for flag, key in (("trials", "sweep.n_trials"), ("jobs", "sweep.jobs")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    cfg = load_config(args.file, overrides)
+    from lmforge.pipeline.sweep import run_sweep
+
+    run_sweep(cfg, out=args.out)
+    return 0
 
 def _add_common(p: argparse.ArgumentParser, positional: str, help_text: str) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="YAML config; keys overridable as section.key=value")
@@ -298,10 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the built-in tasks and exit")
     p.set_defaults(func=cmd_evaluate)
 
-    p = verbs.add_parser("export", help="write a model as a Hugging Face directory or a clean checkpoint")
+    p = verbs.add_parser("export", help="write a model as a Hugging Face directory, a clean checkpoint or ONNX")
     _add_common(p, "MODEL", "a checkpoint, run directory, LoRA adapter directory or Hugging Face directory")
-    p.add_argument("--format", "-f", metavar="FORMAT", help="hf (transformers directory) or safetensors "
-                   "(lmforge checkpoint without training state); default export.format")  # fmt: skip
+    p.add_argument("--format", "-f", metavar="FORMAT", help="hf (transformers directory), safetensors "
+                   "(lmforge checkpoint without training state) or onnx (onnxruntime graphs, "
+                   "export.onnx_int8=true adds int8); default export.format")  # fmt: skip
     p.add_argument("--out", "-o", metavar="DIR", help="directory to write (default runs/<run.name or 'export'>)")
     p.add_argument("--base", metavar="MODEL", help="a LoRA adapter's base model (default: the recorded one)")
     p.set_defaults(func=cmd_export)
@@ -317,8 +463,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="DIR", help="checkpoint directory (default runs/<run.name or 'convert'>)")
     p.set_defaults(func=cmd_convert)
 
+    p = verbs.add_parser("quantize", help="int8 Linear layers (torchao) or an int8 ONNX model; before/after report")
+    _add_common(p, "MODEL", "a checkpoint, run or Hugging Face directory, or an .onnx file / ONNX export")
+    p.add_argument("--method", "-m", help="int8_weight_only or int8_dynamic (compress.quantize.method)")
+    p.add_argument("--data", metavar="SHARDS", help="token shards for the perplexity (default: the model's own)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'quantize'>)")
+    p.set_defaults(func=cmd_quantize)
+
+    p = verbs.add_parser("distill", help="train a smaller student on a teacher's logits (KL + cross-entropy)")
+    _add_common(p, "SHARDS", "a token-shard directory (default: the teacher's training shards)")
+    p.add_argument("--teacher", metavar="MODEL", help="the teacher: a checkpoint, run or Hugging Face directory")
+    p.add_argument("--student", metavar="MODEL", help="start the student from this checkpoint (default: a new "
+                   "model shaped by model.preset / model.*)")  # fmt: skip
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'distill'>)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last good checkpoint")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.set_defaults(func=cmd_distill)
+
+    p = verbs.add_parser("prune", help="magnitude (unstructured) or head/channel (structured) pruning, then recovery")
+    _add_common(p, "MODEL", "a checkpoint, run or Hugging Face directory")
+    p.add_argument("--method", "-m", help="magnitude or structured (compress.prune.method)")
+    p.add_argument("--sparsity", help="magnitude: share of weights set to zero, in [0, 1)")
+    p.add_argument("--scope", help="magnitude: global (one threshold) or layer (each matrix)")
+    p.add_argument("--heads", help="structured: share of attention heads removed per layer")
+    p.add_argument("--mlp", help="structured: share of MLP channels removed per layer")
+    p.add_argument("--recovery-steps", help="fine-tune this many steps afterwards (train.* settings)")
+    p.add_argument("--data", metavar="SHARDS", help="token shards: perplexity, calibration, recovery")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'prune'>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted recovery fine-tuning")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.set_defaults(func=cmd_prune)
+
     p = verbs.add_parser("generate", help="complete prompts with a model (sampling, stop strings, streaming)")
-    _add_common(p, "MODEL", "a checkpoint, run directory or Hugging Face directory")
+    _add_common(p, "MODEL", "a checkpoint, run directory or Hugging Face directory, or an .onnx file / ONNX export")
     p.add_argument("--prompt", "-p", action="append", metavar="TEXT", help="a prompt (repeat for a batch)")
     p.add_argument("--prompts-file", metavar="FILE", help="more prompts: one per line (.txt) or jsonl {prompt}")
     p.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
@@ -331,6 +508,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", metavar="TEXT", help="the system message")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
     p.set_defaults(func=cmd_chat)
+
+    p = verbs.add_parser("serve", help="an OpenAI-compatible HTTP API (continuous batching) plus the dashboard")
+    _add_common(p, "MODEL", "a checkpoint, run, LoRA adapter or Hugging Face directory, a classifier, or .onnx")
+    p.add_argument("--base", metavar="MODEL", help="a LoRA adapter's base model (default: the recorded one)")
+    p.add_argument("--classifier", metavar="MODEL", help="also serve this classifier at /v1/classify")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: detected)")
+    p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser("explain", help="attention maps, logit lens and token attributions of a model on a text")
+    _add_common(p, "MODEL", "a language model or classifier: checkpoint, run or Hugging Face directory")
+    p.add_argument("--prompt", "-p", metavar="TEXT", help="the text to explain")
+    p.add_argument("--method", "-m", action="append", choices=["attention", "logit_lens", "attribution"],
+                   help="repeatable; default: every method that applies to the model")
+    p.add_argument("--target", metavar="LABEL", help="attribution target: a class, or a next token (LM)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run directory (default runs/<run.name or 'explain'>)")
+    p.set_defaults(func=cmd_explain)
+
+    p = verbs.add_parser("dashboard", help="web dashboard: runs, live curves, reports, explain, playground")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML config; keys overridable as section.key=value")
+    p.add_argument("args", nargs="*", metavar="OVERRIDE", help="section.key=value (dashboard.stale_seconds=60, ...)")
+    p.add_argument("--runs", dest="runs_dir", metavar="DIR", help="the runs directory (default run.runs_dir)")
+    p.add_argument("--port", type=int, help="port (default dashboard.port; 0 picks a free one)")
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--api-base", metavar="URL", help="an `lmforge serve` URL for the playground (proxied)")
+    p.set_defaults(func=cmd_dashboard)
+
+    p = verbs.add_parser("pipeline", help="run the stages a pipeline file lists: cached, resumable, traced")
+    p.add_argument("file", metavar="CONFIG", help="pipeline file (see configs/demo.yaml)")
+    p.add_argument("args", nargs="*", metavar="OVERRIDE",
+                   help="section.key=value (every stage) or STAGE.section.key=value (that stage)")
+    p.add_argument("--out", "-o", metavar="DIR", help="pipeline directory (default pipeline.out, else runs/<name>)")
+    p.add_argument("--force", metavar="STAGE", help="rerun this stage and every later one, cached or not")
+    p.add_argument("--dry-run", action="store_true", help="show each stage's inputs and whether it would run")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = verbs.add_parser("lineage", help="the chain of runs and files an artifact came from, back to raw inputs")
+    p.add_argument("artifact", metavar="ARTIFACT", help="a file or run directory (a pipeline directory too)")
+    p.add_argument("--json", action="store_true", help="the chain as JSON")
+    p.set_defaults(func=cmd_lineage)
+
+    p = verbs.add_parser("sweep", help="hyperparameter search (Optuna TPE + median pruning) over config keys")
+    p.add_argument("file", metavar="CONFIG", help="a config with a sweep: section (see configs/sweep-shakespeare.yaml)")
+    p.add_argument("args", nargs="*", metavar="OVERRIDE", help="section.key=value")
+    p.add_argument("--out", "-o", metavar="DIR", help="sweep directory (default sweep.out, else runs/<run.name or 'sweep'>)")
+    p.add_argument("--trials", "-n", type=int, metavar="N", help="number of trials (sweep.n_trials)")
+    p.add_argument("--jobs", "-j", type=int, metavar="N", help="trials at once, each its own process (sweep.jobs)")
+    p.set_defaults(func=cmd_sweep)
 
     p = verbs.add_parser("config", help="show the resolved config")
     cfgp = p.add_subparsers(dest="config_verb", metavar="ACTION")

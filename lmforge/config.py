@@ -159,6 +159,7 @@ class ModelConfig:
     n_kv_head: int | None = None  # grouped-query attention (llama); None: = n_head
     n_embd: int = 128
     intermediate_size: int | None = None  # None: 4*n_embd (gpt2) or SwiGLU's ~8/3*n_embd (llama)
+    head_dim: int | None = None  # None: n_embd // n_head (structured pruning keeps the size, drops heads)
     dropout: float = 0.0
     bias: bool | None = None  # None: True for gpt2, False for llama
     qkv_bias: bool | None = None  # biases of the q/k/v projection only; None: = bias (Qwen2: true, bias false)
@@ -186,6 +187,8 @@ class ScheduleConfig:
     step_size: int = 1000  # step: decay every step_size steps by gamma
     gamma: float = 0.5  # step and plateau decay factor
     patience: int = 3  # plateau: evaluations without improvement before decaying
+    # steps: decay over train.max_steps; time: over train.max_seconds (needs it), ending annealed on time
+    horizon: Literal["steps", "time"] = "steps"
 
 
 @dataclass
@@ -318,11 +321,14 @@ class ExportConfig:
     """`lmforge export` (and `merge`, `convert`): which model, which format, where to."""
 
     model: str | None = None  # a checkpoint, run directory, LoRA adapter directory or Hugging Face directory
-    format: str = "hf"  # hf (transformers directory) or safetensors (a clean lmforge checkpoint)
+    format: str = "hf"  # hf (transformers directory), safetensors (a clean lmforge checkpoint) or onnx
     out: str | None = None  # the directory written; None: runs/<run.name or the verb>
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # weights as written
     base: str | None = None  # a LoRA adapter's base model, overriding the path its adapter_config.json records
     overwrite: bool = False  # replace an existing non-empty output directory that is not an earlier export
+    onnx_int8: bool = False  # onnx: also write model.int8.onnx (int8 weights, onnxruntime dynamic quantization)
+    onnx_atol: float = 1e-4  # onnx: largest logits difference from PyTorch the export's check accepts
+    eval_reports: list[str] = field(default_factory=list)  # model card: evaluation runs/report.json files to cite
 
 
 @dataclass
@@ -347,11 +353,192 @@ class FinetuneConfig:
     labels: list[str] = field(default_factory=list)  # classify: the classes in order; []: sorted from data
     max_length: int | None = None  # tokens per example (longer ones are truncated, counted); None: block_size
     packing: bool = False  # sft: several examples per row, attention kept inside each; else padding
-    pooling: Literal["last", "mean"] = "last"  # classify: the last real token's state, or the mean
+    # classify: auto = the last real token's state (decoder) or the mean over real tokens (encoder); cls: an
+    # encoder's first token
+    pooling: Literal["auto", "last", "mean", "cls"] = "auto"
     class_weights: Literal["balanced"] | list[float] | None = None  # classify: CE weights per class
     focal_gamma: float = 0.0  # classify: focal loss exponent (0: plain cross-entropy)
     freeze: list[str] = field(default_factory=list)  # full: parameter patterns kept frozen (`wte`, `blocks.0.*`)
     select_metric: Literal["auto", "val_loss", "macro_f1", "accuracy"] = "auto"  # auto: macro_f1 for classify
+
+
+@dataclass
+class DashboardConfig:
+    """`lmforge dashboard` (and the page `lmforge serve` serves): runs, curves, reports, playground."""
+
+    runs_dir: str | None = None  # the runs to show; None: run.runs_dir
+    host: str = "127.0.0.1"
+    port: int = 8765
+    api_base: str | None = None  # an `lmforge serve` URL the playground talks to (proxied); None: no model
+    stale_seconds: float = 300.0  # a run without a manifest and quiet this long shows as "interrupted"
+    explain: bool = True  # the explain view may load models from the runs directory to compute on demand
+
+
+@dataclass
+class ExplainConfig:
+    """`lmforge explain`: attention maps, logit lens, token attributions of one text."""
+
+    model: str | None = None  # an LM or a classifier: checkpoint, run or Hugging Face directory
+    prompt: str | None = None  # the text explained
+    methods: list[str] = field(default_factory=list)  # attention, logit_lens, attribution; []: all that apply
+    target: str | None = None  # attribution: the class (classifier) or next token (LM); None: the predicted
+    top_k: int = 5  # logit lens: predictions kept per layer and position
+    ig_steps: int = 32  # integrated gradients: steps of the path integral
+    baseline: str | None = None  # attribution: the token that replaces the text; None: the pad token
+    max_tokens: int = 256  # longer prompts are cut (from the left) to this many tokens
+    color: Literal["auto", "always", "never"] = "auto"  # ANSI colours in the terminal
+    device: str = "cpu"
+
+
+@dataclass
+class PairConfig:
+    """The pipeline's `pair` stage: two line-aligned files (source, target) as instruction records (jsonl)."""
+
+    instruction: str = "Translate to German."
+    instruction_field: str = "instruction"
+    source_field: str = "input"
+    target_field: str = "output"
+    max_records: int | None = None  # the first N pairs only; None: all
+
+
+@dataclass
+class PipelineConfig:
+    """`lmforge pipeline FILE`: the stages, in the order they run (see configs/demo.yaml for the format).
+
+    Each stage is a mapping: `stage` (its kind: prepare, tokenizer, encode, pretrain, finetune, evaluate,
+    export, ...), `name` (needed when a kind appears twice), `inputs` (stage names or paths),
+    `config_file` (a config applied first) and `config` (that stage's overrides of the shared sections).
+    Checked by lmforge/pipeline/spec.py.
+    """
+
+    name: str | None = None  # default: the file's name without .yaml
+    out: str | None = None  # the pipeline's directory; default runs/<name>
+    config_file: str | None = None  # an ordinary config under the file's own shared sections
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    sample_prompt: str | None = "\n"  # the summary ends with a sample from the last model; null: none
+    sample_tokens: int = 200
+    pair: PairConfig = field(default_factory=PairConfig)  # settings of `pair` stages
+
+
+@dataclass
+class SweepParam:
+    """One searched key: a range (`low`, `high`, optional `log` or `step`) or a list of `choices`."""
+
+    type: Literal["float", "int", "categorical"] | None = None  # None: categorical with choices, int for ints
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    step: int | float | None = None
+    choices: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class SweepConfig:
+    """`lmforge sweep FILE`: Optuna TPE search over config keys; each trial is one training run."""
+
+    command: Literal["pretrain", "finetune"] = "pretrain"  # the verb each trial runs
+    inputs: list[str] = field(default_factory=list)  # its positional input (token shards / fine-tuning data)
+    params: dict[str, SweepParam] = field(default_factory=dict)  # dotted config key -> its search space
+    objective: str = "val_loss"  # a metric of the trial's evaluations (val_loss, macro_f1, accuracy, ...)
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: minimize losses, maximize the rest
+    n_trials: int = 10
+    jobs: int = 1  # trials run at once, each in its own process
+    seed: int = 0  # the sampler's seed
+    pruner_startup_trials: int = 2  # MedianPruner: trials finished before any is pruned
+    pruner_warmup_steps: int = 0  # MedianPruner: training steps of a trial before it may be pruned
+    trial_threads: int | None = None  # torch threads per trial; None: cores / jobs
+    out: str | None = None  # default runs/<run.name or 'sweep'>
+
+
+@dataclass
+class ServeConfig:
+    """`lmforge serve`: an OpenAI-compatible HTTP API over one model, continuous batching, the dashboard."""
+
+    model: str | None = None  # checkpoint, run, LoRA adapter or HF dir, classifier checkpoint, or a .onnx file
+    base: str | None = None  # a LoRA adapter's base model; None: the one its adapter_config.json records
+    classifier: str | None = None  # also serve this classifier at /v1/classify (beside a language model)
+    model_name: str | None = None  # the id clients send as "model"; None: the model path's name
+    host: str = "127.0.0.1"  # loopback only unless set (0.0.0.0: every interface)
+    port: int = 8000
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: int | None = None  # torch threads; None: 1 for a model under 5M parameters on a CPU
+    max_batch_size: int = 16  # sequences decoded together (KV-cache rows)
+    max_queue: int = 64  # requests waiting for a free row; beyond that a request gets 429
+    max_prefill_tokens: int = 2048  # prompt tokens prefilled between two decode steps (at least one prompt)
+    default_max_tokens: int = 256  # when a request names none (cut to the room left in the context)
+    max_tokens_limit: int | None = None  # the largest max_tokens accepted; None: the model's context
+    max_n: int = 8  # choices per request (`n`, times the prompts of a batch)
+    max_body_bytes: int = 1_048_576  # larger request bodies get 413
+    api_keys_env: str = "LMFORGE_API_KEYS"  # environment variable with comma-separated API keys
+    api_keys_file: str | None = None  # a file of API keys, one per line; with either, /v1 needs a Bearer key
+    runs_dir: str | None = None  # the dashboard's runs; None: dashboard.runs_dir, else run.runs_dir
+    dashboard: bool = True  # also serve the dashboard and playground (when installed)
+    shutdown_timeout: float = 30.0  # seconds in-flight requests get to finish on SIGTERM / Ctrl-C
+    access_log: bool = False  # uvicorn's per-request log lines
+
+
+@dataclass
+class CompressEvalConfig:
+    """The before/after comparison every compress verb writes (compress_report.json and a table)."""
+
+    windows: int = 32  # validation windows (block_size tokens each) for the perplexity; 0: skip it
+    batch_size: int = 8  # windows per forward pass
+    gen_tokens: int = 64  # greedy tokens decoded (batch of one) to time generation; 0: skip it
+    prompt_tokens: int = 16  # the timing prompt: the first tokens of the validation split
+    repeats: int = 3  # a timing is the median of this many runs (after one warm-up)
+    threads: int | None = None  # torch.set_num_threads while measuring; None leaves torch's default
+
+
+@dataclass
+class QuantizeConfig:
+    """`lmforge quantize`: int8 weights of the Linear layers (torchao), or an ONNX model's (onnxruntime)."""
+
+    method: Literal["int8_weight_only", "int8_dynamic"] = "int8_weight_only"  # dynamic: activations too
+    skip: list[str] = field(default_factory=list)  # fnmatch patterns of Linear layers kept in float
+    # Embedding tables (and so a tied output head) stored as int8 with per-row scales and widened to float
+    # when loaded: a smaller file; lookups stay float (torchao's int8 embedding widens the whole table per call)
+    embeddings: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """`lmforge distill`: a student (the `model:` section, or a checkpoint) learns from a teacher's logits."""
+
+    teacher: str | None = None  # a checkpoint, run or Hugging Face directory
+    student: str | None = None  # start from this checkpoint (e.g. a pruned teacher); None: a new model: `model:`
+    alpha: float = 0.5  # loss = alpha * KL(teacher || student at temperature)*T^2 + (1 - alpha) * cross-entropy
+    temperature: float = 1.0  # softens both distributions; short runs of small students did best at 1
+    cache_teacher: bool = False  # compute the teacher's logits for every step once, on disk, and reuse them
+    cache_dir: str | None = None  # None: <run>/teacher_cache
+    cache_max_gb: float = 8.0  # refuse a cache larger than this (steps x batch x block x vocab x 2 bytes)
+
+
+@dataclass
+class PruneConfig:
+    """`lmforge prune`: zero the smallest weights (magnitude), or remove heads and MLP channels (structured)."""
+
+    method: Literal["magnitude", "structured"] = "magnitude"
+    sparsity: float = 0.5  # magnitude: share of the target weights set to zero, in [0, 1)
+    scope: Literal["global", "layer"] = "global"  # magnitude: one threshold over all targets, or each matrix
+    targets: list[str] = field(default_factory=lambda: ["blocks.*"])  # magnitude: Linear layers (fnmatch)
+    heads: float = 0.0  # structured: share of attention heads removed in every layer (of each kv group: GQA)
+    mlp: float = 0.0  # structured: share of MLP channels removed in every layer
+    calibration_batches: int = 4  # structured: batches of training windows that score heads and channels
+    recovery_steps: int = 0  # then fine-tune this many steps on the shards (train.* settings); 0: none
+    recovery_alpha: float = 0.0  # > 0: recover by distilling from the unpruned model (distill.temperature)
+
+
+@dataclass
+class CompressConfig:
+    """`lmforge quantize | distill | prune`: shared inputs and the before/after evaluation."""
+
+    model: str | None = None  # quantize, prune: a checkpoint, run or Hugging Face dir (quantize: or .onnx)
+    data: str | None = None  # token shards: perplexity, calibration, training; None: the model's own (info.json)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: CompressEvalConfig = field(default_factory=CompressEvalConfig)
 
 
 @dataclass
@@ -366,6 +553,12 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ written in another format, as a directory that other tools load.
   README.md) that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load without custom code.
 - `safetensors`: a clean lmforge checkpoint (model.safetensors, model_config.json, tokenizer files,
   info.json, checksums.json; no training state) that `load_model` and `train.init_from` take.
+- `onnx`: model.onnx + model_with_past.onnx (KV cache) for onnxruntime, checked against PyTorch, optionally
+  an int8 copy (`onnx.py`); `onnx_runner.OnnxLM` generates from it without PyTorch.
+
+Every export directory gets a README.md model card written from the model's lineage (`model_card.py`).
 
 `run_export` dispatches on `EXPORT_FORMATS`: a format is a module and a function
 `(loaded: LoadedModel, out_dir: Path, ec: ExportConfig) -> list[Path]` that writes its files into
@@ -57,12 +61,17 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
     "safetensors": ExportFormat(
         "lmforge.export.checkpoint", "export_safetensors", "lmforge checkpoint without training state"
     ),
+    "onnx": ExportFormat("lmforge.export.onnx", "export_onnx", "ONNX graphs (plain + KV cache) for onnxruntime"),
 }
 
 
 def get_format(name: str) -> ExportFormat:
     if name not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown export format '{name}' (choose from {', '.join(EXPORT_FORMATS)})")
+        import difflib
+
+        close = difflib.get_close_matches(name.lower(), EXPORT_FORMATS, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown export format '{name}' ({hint}choose from {', '.join(EXPORT_FORMATS)})")
     return EXPORT_FORMATS[name]
 
 
@@ -120,6 +129,10 @@ def _write(stage: str, cfg: Config, loaded: LoadedModel, fmt: str, out: Path) ->
     with staged_dir(out) as tmp, start_run(stage, cfg, tmp) as run:
         run.add_inputs(sources)
         files = exporter(loaded, tmp, ec)
+        if stage == "export" and not (tmp / "README.md").exists():  # every format gets the model card
+            from lmforge.export.model_card import write_model_card
+
+            files.append(write_model_card(loaded, tmp, fmt, ec))
         for f in files:
             run.add_output(f)
         run.extra[stage] = {"format": fmt, "source": str(loaded.source), "source_kind": loaded.kind,
@@ -135,6 +148,11 @@ def run_export(cfg: Config, model: str | None = None, fmt: str | None = None, ou
     ec = cfg.export
     fmt = fmt or ec.format
     get_format(fmt)  # an unknown format fails before the model is read
+    if ec.eval_reports:  # and so does a bad evaluation report for the model card
+        from lmforge.export.model_card import load_eval_report
+
+        for report in ec.eval_reports:
+            load_eval_report(report)
     model = model or ec.model
     if not model:
         raise ConfigError("export: no model given (lmforge export MODEL, or export.model=...)")

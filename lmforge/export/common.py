@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lmforge.errors import LmforgeError
 from lmforge.model.gpt import GPT
 from lmforge.runs import atomic_write_json
 from lmforge.tokenizer import CONFIG_FILE, SPECIAL_TOKENS_FILE, TOKENIZER_FILE
 
 if TYPE_CHECKING:
-    from lmforge.infer.load import LoadedModel
+    from lmforge.errors import LmforgeError
+from lmforge.infer.load import LoadedModel
 
 log = logging.getLogger("lmforge")
 
@@ -29,6 +31,11 @@ def plain_model(loaded: LoadedModel) -> GPT:
     """The model with any LoRA adapter folded into its weights (in place), on the CPU."""
     from lmforge.model.lora import lora_layers, merge_lora
 
+    if loaded.kind == "quantized":  # torchao's int8 tensors have no plain weights to write out
+        raise LmforgeError(
+            f"{loaded.source}: a quantized model cannot be exported; export the fp32 model it came from "
+            "(ONNX int8: `lmforge export --format onnx export.onnx_int8=true`)"
+        )
     model = loaded.model.cpu().eval()
     if lora_layers(model):
         merge_lora(model)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,8 @@ from lmforge.train.loop import MicroBatch
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
+
+    from lmforge.finetune.encoder import EncoderClassifier
 
 log = logging.getLogger("lmforge")
 
@@ -187,9 +189,11 @@ def label_text(record: Record, label_field: str) -> str:
 
 def build_classify_examples(records: Sequence[Record], tokenizer: Tokenizer, labels: Sequence[str],
                             text_field: str, label_field: str, max_length: int, eos_id: int | None,
-                            skip_bad: bool = False) -> tuple[list[ClassifyExample], dict[str, int]]:  # fmt: skip
+                            skip_bad: bool = False, encode: Callable[[str], tuple[list[int], bool]] | None = None
+                            ) -> tuple[list[ClassifyExample], dict[str, int]]:  # fmt: skip
     """Token ids (cut to max_length, EOS last) and label index per record; stats: examples, truncated,
-    skipped (bad records, with `skip_bad`; else a bad record raises its one-line DataError)."""
+    skipped (bad records, with `skip_bad`; else a bad record raises its one-line DataError).
+    `encode(text) -> (ids, cut)` replaces that encoding (an encoder's: [CLS] text [SEP])."""
     index = {label: i for i, label in enumerate(labels)}
     keep = max_length - (1 if eos_id is not None else 0)
     examples, truncated, skipped = [], 0, 0
@@ -202,6 +206,11 @@ def build_classify_examples(records: Sequence[Record], tokenizer: Tokenizer, lab
             skipped += 1
             if skipped <= 5:
                 log.warning("skipped: %s", exc)
+            continue
+        if encode is not None:
+            ids, cut = encode(text)
+            truncated += cut
+            examples.append(ClassifyExample(ids, label, record.where))
             continue
         ids = tokenizer.encode(text, add_special_tokens=False).ids
         if len(ids) > keep:
@@ -320,10 +329,12 @@ def find_classifier_checkpoint(path: str | Path) -> Path:
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"
-                    ) -> tuple[ClassifierModel, Tokenizer, list[str]]:  # fmt: skip
-    """(the classifier in eval mode, its tokenizer, its labels) from a checkpoint or a fine-tuning run."""
+                    ) -> tuple[ClassifierModel | EncoderClassifier, Tokenizer, list[str]]:  # fmt: skip
+    """(the classifier in eval mode, its tokenizer, its labels) from a checkpoint or a fine-tuning run: a
+    decoder's `ClassifierModel`, or an `EncoderClassifier` for a fine-tuned BERT-family encoder."""
+    from lmforge.finetune import encoder
     from lmforge.infer.load import load_model
-    from lmforge.train.checkpoint import verify
+    from lmforge.train.checkpoint import read_json, verify
 
     ckpt = find_classifier_checkpoint(path)
     problem = verify(ckpt)
@@ -332,6 +343,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"
     if not (ckpt / HEAD_CONFIG).is_file():
         raise LmforgeError(f"{ckpt}: not a classifier checkpoint (no {HEAD_CONFIG})")
     config, head_state = read_head(ckpt)
+    if encoder.is_encoder_checkpoint(read_json(ckpt, "model_config.json")):
+        return encoder.load_encoder_classifier(ckpt, config, head_state, device)
     loaded = load_model(ckpt)
     if loaded.tokenizer is None:
         raise LmforgeError(f"{ckpt}: no tokenizer.json with the classifier")
@@ -345,8 +358,12 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu"
     return model.to(device).eval(), loaded.tokenizer, labels
 
 
-def encode_for_classifier(model: ClassifierModel, tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Texts as the classifier was trained on them: cut to max_length, EOS appended."""
+def encode_for_classifier(model: ClassifierModel | EncoderClassifier, tokenizer: Tokenizer,
+                          texts: Sequence[str]) -> list[list[int]]:  # fmt: skip
+    """Texts as the classifier was trained on them: cut to max_length, EOS appended (an encoder's: its own
+    special tokens around the text)."""
+    if not isinstance(model, ClassifierModel):
+        return model.encode_texts(tokenizer, texts)
     eos = model.eos_id
     keep = (model.max_length or model.config.block_size) - (1 if eos is not None else 0)
     out = []
@@ -354,3 +371,16 @@ def encode_for_classifier(model: ClassifierModel, tokenizer: Tokenizer, texts: S
         ids = tokenizer.encode(text, add_special_tokens=False).ids[:keep]
         out.append([*ids, eos] if eos is not None else ids)
     return out
+
+
+def classifier_predictor(path: str | Path, device: str | torch.device = "cpu", batch_size: int = 64
+                         ) -> Callable[[list[str]], list[str]]:  # fmt: skip
+    """texts -> predicted labels with a trained classifier (decoder or encoder): the evaluation stage's
+    classification seam, `run_evaluate(cfg, predictors={"classify": classifier_predictor(run)})`."""
+    model, tokenizer, labels = load_classifier(path, device)
+
+    def predict(texts: list[str]) -> list[str]:
+        probs = model.predict(encode_for_classifier(model, tokenizer, texts), batch_size=batch_size)
+        return [labels[i] for i in probs.argmax(-1).tolist()]
+
+    return predict

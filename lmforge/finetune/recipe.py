@@ -31,6 +31,7 @@ from torch import nn
 from lmforge.config import Config, FinetuneConfig
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.finetune import classify as cls
+from lmforge.finetune import encoder as enc
 from lmforge.finetune import sft
 from lmforge.finetune.batching import RowSampler
 from lmforge.finetune.records import load_splits
@@ -47,7 +48,14 @@ from lmforge.train.distributed import (
     unwrap,
     wrap_model,
 )
-from lmforge.train.loop import Components, NonFiniteLossError, TrainState, resolve_precision, rng_state, train
+from lmforge.train.loop import (
+    Components,
+    NonFiniteLossError,
+    TrainState,
+    resolve_precision,
+    train,
+    training_state,
+)
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.optim import Schedule, build_optimizer
 from lmforge.train.pretrain import (
@@ -74,6 +82,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 def run_finetune(cfg: Config) -> dict[str, Any]:
     """Fine-tune `cfg.finetune.base` on `cfg.finetune.data`; returns a summary of the run."""
     check_inputs(cfg.finetune)
+    cfg.finetune.pooling = resolve_pooling(cfg.finetune)  # config.yaml records the pooling used
     info, device = init_distributed(cfg.train.device, cfg.train.strategy)
     try:
         if info.is_main:
@@ -93,6 +102,7 @@ def check_inputs(fcfg: FinetuneConfig) -> None:
         raise ConfigError("no base model given (pass --base RUN_OR_CHECKPOINT, or set finetune.base)")
     if not Path(fcfg.base).exists():
         raise LmforgeError(f"base model not found: {fcfg.base} (finetune.base)")
+    enc.check_hf_base(fcfg.base, fcfg.task)  # a Hugging Face base of an architecture this task cannot train
     if not fcfg.data:
         raise ConfigError("no fine-tuning data given (pass a data file or directory, or set finetune.data)")
     for key in ("data", "val_data"):
@@ -105,6 +115,13 @@ def check_inputs(fcfg: FinetuneConfig) -> None:
         raise ConfigError(f"finetune.select_metric={fcfg.select_metric} needs task=classify")
     if fcfg.focal_gamma < 0:
         raise ConfigError(f"finetune.focal_gamma must be >= 0, got {fcfg.focal_gamma}")
+
+
+def resolve_pooling(fcfg: FinetuneConfig) -> str:
+    """finetune.pooling=auto: the last real token's state for a decoder, the mean over tokens for an encoder."""
+    if fcfg.pooling != "auto":
+        return fcfg.pooling
+    return "mean" if enc.is_encoder_dir(fcfg.base) else "last"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,11 +151,13 @@ def special_id(tokenizer: Tokenizer, tok_cfg: dict[str, Any], key: str, fallback
     return None
 
 
-def build_task_data(cfg: Config, base: LoadedModel, tokenizer: Tokenizer, max_length: int) -> TaskData:
+def build_task_data(cfg: Config, base: LoadedModel | enc.EncoderBase, tokenizer: Tokenizer,
+                    max_length: int) -> TaskData:  # fmt: skip
     fcfg, seed, skip = cfg.finetune, cfg.run.seed, cfg.run.on_error == "skip"
     train_records, val_records = load_splits(fcfg.data, fcfg.val_data, fcfg.val_fraction, seed)
     tok_cfg = base.tokenizer_config
-    eos_id = special_id(tokenizer, tok_cfg, "eos_token", "<|endoftext|>")
+    is_encoder = isinstance(base, enc.EncoderBase)  # texts get the encoder's own [CLS] ... [SEP], no EOS
+    eos_id = None if is_encoder else special_id(tokenizer, tok_cfg, "eos_token", "<|endoftext|>")
     if eos_id is None:
         eos_id = base.eos_id
     pad_id = special_id(tokenizer, tok_cfg, "pad_token", "<|pad|>")
@@ -164,8 +183,9 @@ def build_task_data(cfg: Config, base: LoadedModel, tokenizer: Tokenizer, max_le
         )
 
     labels = cls.label_set(train_records, fcfg.label_field, fcfg.labels)
+    encode = enc.text_encoder(tokenizer, max_length) if is_encoder else None
     build = lambda records: cls.build_classify_examples(  # noqa: E731
-        records, tokenizer, labels, fcfg.text_field, fcfg.label_field, max_length, eos_id, skip)
+        records, tokenizer, labels, fcfg.text_field, fcfg.label_field, max_length, eos_id, skip, encode)
     train_ex, train_stats = build(train_records)
     val_ex, val_stats = build(val_records)
     weights = cls.class_weights([e.label for e in train_ex], len(labels), fcfg.class_weights, labels)
@@ -223,8 +243,11 @@ def build_model(base: GPT, cfg: Config, data: TaskData) -> tuple[nn.Module, Lora
     return model, spec
 
 
-def backbone(model: nn.Module) -> GPT:
-    return model.backbone if isinstance(model, cls.ClassifierModel) else model  # type: ignore[return-value]
+CLASSIFIERS = (cls.ClassifierModel, enc.EncoderClassifier)  # a backbone under a classification head
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    return model.backbone if isinstance(model, CLASSIFIERS) else model  # type: ignore[return-value]
 
 
 def load_resume_weights(source: Path, model: nn.Module, method: str) -> None:
@@ -240,7 +263,7 @@ def load_resume_weights(source: Path, model: nn.Module, method: str) -> None:
         state = ckpt.load_model_state(source)
         ckpt.check_shapes(source, state, net.state_dict())
         net.load_state_dict(state)
-    if isinstance(model, cls.ClassifierModel):
+    if isinstance(model, CLASSIFIERS):
         _, head_state = cls.read_head(source)
         model.head.load_state_dict(head_state)
 
@@ -263,30 +286,37 @@ def _finetune(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
 
     fcfg, tcfg = cfg.finetune, cfg.train
     configure_torch(tcfg, cfg.run.seed, device)
-    base = load_base(fcfg)
+    # A BERT-family Hugging Face directory is an encoder (encoder.py); everything else loads as our GPT.
+    is_encoder = fcfg.task == "classify" and enc.is_encoder_dir(fcfg.base)
+    base = enc.load_encoder_base(fcfg.base) if is_encoder else load_base(fcfg)  # type: ignore[arg-type]
     tokenizer = base.tokenizer
     assert tokenizer is not None
-    gcfg = base.model.config
-    max_length = fcfg.max_length or gcfg.block_size
-    if not 2 <= max_length <= gcfg.block_size:
-        raise ConfigError(f"finetune.max_length={max_length} must be in [2, the base's block_size {gcfg.block_size}]")
+    block_size = base.block_size if isinstance(base, enc.EncoderBase) else base.model.config.block_size
+    model_config = base.model_config if isinstance(base, enc.EncoderBase) else base.model.config.to_dict()
+    max_length = fcfg.max_length or block_size
+    if not 2 <= max_length <= block_size:
+        raise ConfigError(f"finetune.max_length={max_length} must be in [2, the base's block_size {block_size}]")
     data = build_task_data(cfg, base, tokenizer, max_length)
     select = fcfg.select_metric if fcfg.select_metric != "auto" else (
         "macro_f1" if fcfg.task == "classify" else "val_loss")  # fmt: skip
     _, micro = batch_sizes(tcfg, dist.world_size)
     precision = resolve_precision(tcfg.precision, device)
-    check_fits_in_memory(gcfg, micro, device, precision.name)
+    if not isinstance(base, enc.EncoderBase):
+        check_fits_in_memory(base.model.config, micro, device, precision.name)
 
     root = run_dir / "checkpoints"
     resume_from = find_resume_checkpoint(root, tcfg.resume)
-    base_ref = BaseModelRef.of(base.source, gcfg.to_dict()) if fcfg.method == "lora" else None
+    base_ref = BaseModelRef.of(base.source, model_config) if fcfg.method == "lora" else None
     if dist.is_main:
         tokenizer.save(str(run_dir / "tokenizer.json"))
         if base.tokenizer_config:
             atomic_write_json(run_dir / TOKENIZER_CONFIG, base.tokenizer_config)
 
     seed_everything(cfg.run.seed)
-    model, spec = build_model(base.model, cfg, data)
+    if isinstance(base, enc.EncoderBase):
+        model, spec = enc.build_encoder_classifier(base, cfg, len(data.labels), data.class_weights)
+    else:
+        model, spec = build_model(base.model, cfg, data)
     if resume_from is not None:
         check_resumable(resume_from, fcfg, data.labels)
         load_resume_weights(resume_from, model, fcfg.method)
@@ -322,7 +352,7 @@ def _finetune(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
     )  # fmt: skip
     if fcfg.task == "sft" and data.sample_prompt and dist.strategy != "fsdp":
         components.sample_fn = make_sample_fn(tokenizer, data.sample_prompt, tcfg.sample_tokens, dist, device)
-    writer = CheckpointWriter(components, root, cfg, data, gcfg.to_dict(), spec, base_ref, run_dir)
+    writer = CheckpointWriter(components, root, cfg, data, model_config, spec, base_ref, run_dir)
     components.save_fn = writer.save
     try:
         state = train(components, tcfg, state)
@@ -433,19 +463,7 @@ class CheckpointWriter:
         model_state = full_model_state(c.model, c.dist)
         optim_state = full_optimizer_state(_optim_target(c.model, c.dist), c.optimizer, c.dist)
         if c.dist.is_main:
-            bad = next((k for k, v in model_state.items() if not torch.isfinite(v).all()), None)
-            if bad is not None:
-                raise NonFiniteLossError(f"weights became non-finite ({bad}) at step {state.step}; not saving")
-            train_state = {
-                "version": 1,
-                "state": state.to_dict(),
-                "optimizer": optim_state,
-                "schedule": c.schedule.state_dict(),
-                "scaler": c.precision.scaler.state_dict() if c.precision.scaler is not None else None,
-                "rng": rng_state(),
-                "data": c.sampler.state_dict(state.step),
-                "world_size": c.dist.world_size,
-            }
+            train_state = training_state(c, state, model_state, optim_state)
             info = {
                 "stage": "finetune",
                 "step": state.step,

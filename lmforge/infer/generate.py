@@ -230,7 +230,7 @@ class IncrementalDetokenizer:
         return delta
 
 
-class _RowText:
+class RowText:
     """One row's decoded text and stop strings: what may be shown so far, and whether a stop string hit."""
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]) -> None:
@@ -406,7 +406,7 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def _decode(
     model: GPT,
-    rows: list[_RowState],
+    rows: list[RowState],
     params: SamplingParams,
     *,
     use_cache: bool,
@@ -489,10 +489,10 @@ def _decode(
             next_ids = sample_next(logits, params, seen, generator)
 
 
-class _RowState:
+class RowState:
     """One prompt's progress: its generated tokens, text and finish reason."""
 
-    def __init__(self, prompt_ids: list[int], text: _RowText | None) -> None:
+    def __init__(self, prompt_ids: list[int], text: RowText | None) -> None:
         self.prompt_ids = prompt_ids
         self.token_ids: list[int] = []
         self.text = text
@@ -541,9 +541,9 @@ def _prepare(model: GPT, tokenizer: Tokenizer | None, prompts: Sequence[Prompt],
 
 
 def _new_rows(prompt_ids: list[list[int]], tokenizer: Tokenizer | None, params: SamplingParams,
-              detokenize: bool) -> list[_RowState]:
+              detokenize: bool) -> list[RowState]:
     """Row states; with `detokenize`, each decodes its text as it goes (streaming, stop strings)."""
-    return [_RowState(ids, _RowText(tokenizer, params.stop) if detokenize and tokenizer else None)
+    return [RowState(ids, RowText(tokenizer, params.stop) if detokenize and tokenizer else None)
             for ids in prompt_ids]  # fmt: skip
 
 

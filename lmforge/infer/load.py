@@ -175,7 +175,10 @@ def is_adapter_dir(path: Path) -> bool:
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                base: str | Path | None = None) -> LoadedModel:  # fmt: skip
     """Our GPT in eval mode, from a checkpoint dir, a run dir (its newest good checkpoint), a LoRA adapter
-    dir (over `base`, else the base its adapter_config.json records) or an HF dir."""
+    dir (over `base`, else the base its adapter_config.json records), an int8 model of `lmforge quantize`
+    (quantization.json) or an HF dir."""
+    from lmforge.compress.quantize import find_quantized_dir  # cheap: torchao is imported only to load one
+
     path = Path(path)
     if not path.exists():
         raise LmforgeError(f"no such model: {path}")
@@ -183,6 +186,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         loaded = _load_adapter(path, base)
     elif base is not None:
         raise LmforgeError(f"{path} is not a LoRA adapter directory (no adapter_config.json), so it takes no base")
+    elif (quantized := find_quantized_dir(path)) is not None:
+        from lmforge.compress.quantize import load_quantized
+
+        loaded = load_quantized(quantized)
     else:
         loaded = _load_hf(path) if is_hf_dir(path) else _load_lmforge(path)
     loaded.model.to(device=device, dtype=dtype).eval()

@@ -38,6 +38,7 @@ class GPTConfig:
     n_kv_head: int | None = None  # None: = n_head (no grouping)
     n_embd: int = 128
     intermediate_size: int | None = None  # None: 4*n_embd (gpt2) or SwiGLU's ~8/3*n_embd (llama)
+    head_dim: int | None = None  # None: n_embd // n_head (a pruned model keeps its heads' size, fewer of them)
     dropout: float = 0.0
     bias: bool | None = None  # None: True for gpt2, False for llama
     qkv_bias: bool | None = None  # biases of the q/k/v projection; None: = bias (Qwen2: True with bias False)
@@ -62,18 +63,18 @@ class GPTConfig:
         for key in sizes:
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be at least 1, got {getattr(self, key)}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ConfigError(f"model.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            self.head_dim = self.n_embd // self.n_head
+        elif self.head_dim < 1:
+            raise ConfigError(f"model.head_dim must be at least 1, got {self.head_dim}")
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"model.n_head ({self.n_head}) must be divisible by n_kv_head {self.n_kv_head}")
         if self.flavour == "llama" and self.head_dim % 2:
-            raise ConfigError(f"RoPE needs an even head size, got n_embd/n_head = {self.head_dim}")
+            raise ConfigError(f"RoPE needs an even head size, got head_dim = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
     @classmethod
     def from_model_config(cls, mc: ModelConfig, vocab_size: int | None = None) -> GPTConfig:
@@ -200,9 +201,13 @@ class Attention(nn.Module):
         self.layer = layer  # index into the KV cache
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.qkv_bias)
-        self.out = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.out = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # `lmforge explain` sets keep_weights: SDPA returns no attention weights, so they are then computed
+        # explicitly (slower) and kept in `weights` (B, n_head, T, keys) until the next forward.
+        self.keep_weights = False
+        self.weights: Tensor | None = None
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 kv_cache: KVCache | None) -> Tensor:
@@ -217,13 +222,32 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         # Without a mask: plain causal attention, or (one new token after a cache) attend to every key.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and k.size(2) == T,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,  # query head h reads kv head h // (n_head / n_kv_head)
-        )
+        is_causal = mask is None and k.size(2) == T
+        if self.keep_weights:
+            y, self.weights = attention_with_weights(q, k, v, mask, is_causal)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=self.n_kv_head != self.n_head,  # query head h reads kv head h // (n_head/n_kv_head)
+            )
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.resid_dropout(self.out(y))
+
+
+def attention_with_weights(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                           is_causal: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """SDPA written out (no dropout): (the output, the softmax weights (B, n_head, T, keys))."""
+    if k.size(1) != q.size(1):  # grouped-query: query head h reads kv head h // (n_head / n_kv_head)
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))
+    if is_causal:
+        mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1).to(q.dtype)
+    return weights @ v, weights
 
 
 class MLP(nn.Module):

@@ -191,6 +191,9 @@ def hf_architecture(cfg: GPTConfig) -> tuple[str, str]:
             raise ConfigError("the Hugging Face GPT-2 layout needs biases (model.bias=true)")
         if cfg.n_kv_head != cfg.n_head:
             raise ConfigError("GPT-2 has no grouped-query attention: n_kv_head must equal n_head")
+        if cfg.n_head * cfg.head_dim != cfg.n_embd:  # type: ignore[operator]
+            raise ConfigError(f"GPT-2 derives the head size from n_embd / n_head: {cfg.n_head} heads of "
+                              f"{cfg.head_dim} (a structurally pruned model) have no GPT2LMHeadModel layout")
         return "gpt2", "GPT2LMHeadModel"
     if cfg.qkv_bias == cfg.bias:
         return "llama", "LlamaForCausalLM"

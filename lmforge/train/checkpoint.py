@@ -72,8 +72,25 @@ def save_model_file(
             continue
         seen[key] = name
         tensors[name] = tensor.detach().to("cpu").contiguous()
-    meta = {"format": "pt", "tied": json.dumps(tied), **(metadata or {})}
+    meta = {"format": "pt", "tied": json.dumps(tied, sort_keys=True), **(metadata or {})}
     save_file(tensors, str(path), metadata=meta)
+    _sort_header(path)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite the JSON header with sorted keys, in place and at the same length.
+
+    safetensors serialises the metadata map in a per-process random order, so equal weights would give
+    files with different sha256s, and content-addressed caching (the pipeline) would see a change.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) > size:  # cannot happen (same content, compact): leave the file as written
+            return
+        f.seek(8)
+        f.write(canonical.ljust(size, b" "))
 
 
 def load_model_file(path: Path) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lmforge.config import TrainConfig
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.train.data import BatchSampler, TokenSplit, eval_offsets, rank_slice
 from lmforge.train.distributed import DistInfo, all_reduce_mean, maybe_no_sync
 from lmforge.train.metrics import MetricsLogger
@@ -152,6 +152,25 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def training_state(c: Components, state: TrainState, model_state: dict[str, torch.Tensor],
+                   optim_state: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Everything but the weights that an exact resume needs (train_state.pt), after checking the weights
+    are finite: a checkpoint of NaN weights would look like a good one."""
+    bad = next((k for k, v in model_state.items() if not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise NonFiniteLossError(f"weights became non-finite ({bad}) at step {state.step}; not saving")
+    return {
+        "version": 1,
+        "state": state.to_dict(),
+        "optimizer": optim_state,
+        "schedule": c.schedule.state_dict(),
+        "scaler": c.precision.scaler.state_dict() if c.precision.scaler is not None else None,
+        "rng": rng_state(),
+        "data": c.sampler.state_dict(state.step),
+        "world_size": c.dist.world_size,
+    }
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -252,6 +271,8 @@ def eval_window_count(cfg: TrainConfig, world_size: int) -> int:
 
 def train(c: Components, cfg: TrainConfig, state: TrainState) -> TrainState:
     """Run optimizer steps from `state.step`; returns the final state (with `stop_reason`)."""
+    if cfg.schedule.horizon == "time" and not cfg.max_seconds:
+        raise ConfigError("train.schedule.horizon=time needs train.max_seconds (the budget the rate decays over)")
     tokens_per_step = cfg.batch_size * c.block_size
     check_every = 1 if c.device.type == "cpu" else max(1, cfg.log_every)
     num_eval_windows = eval_window_count(cfg, c.dist.world_size)
@@ -269,7 +290,7 @@ def train(c: Components, cfg: TrainConfig, state: TrainState) -> TrainState:
                 state.stop_reason = "max_seconds"
                 break
             t0 = time.perf_counter()
-            lr = c.schedule.lr(state.step)
+            lr = c.schedule.lr(state.step, _time_fraction(cfg, state))
             set_lr(c.optimizer, lr)
             loss, grad_norm = _guarded_step(c, state.step, cfg)
             state.step += 1
@@ -330,6 +351,12 @@ def train(c: Components, cfg: TrainConfig, state: TrainState) -> TrainState:
     if state.stop_reason == "max_seconds" and c.save_fn is not None and state.step != last_good_step:
         c.save_fn(state, False)
     return state
+
+
+def _time_fraction(cfg: TrainConfig, state: TrainState) -> float | None:
+    if cfg.schedule.horizon != "time" or not cfg.max_seconds:
+        return None
+    return state.train_seconds / cfg.max_seconds
 
 
 def _guarded_step(c: Components, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:

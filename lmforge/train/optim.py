@@ -42,7 +42,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     if cfg.name in ("adamw", "adam"):
         if len(cfg.betas) != 2:
             raise ConfigError(f"train.optim.betas needs two values, got {cfg.betas}")
-        fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        # Fused kernels exist for CUDA and (since torch 2.4) CPU: one kernel instead of one per tensor.
+        fast = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
         betas = (float(cfg.betas[0]), float(cfg.betas[1]))
         if cfg.name == "adamw":
             return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, **fast)
@@ -66,14 +67,21 @@ class Schedule:
         self.plateau_best = math.inf
         self.plateau_bad = 0
 
-    def lr(self, step: int) -> float:
-        """The rate for optimizer step `step` (0-based)."""
+    def lr(self, step: int, time_fraction: float | None = None) -> float:
+        """The rate for optimizer step `step` (0-based).
+
+        `time_fraction` (elapsed / budget) replaces the step-based progress of the decay when the run is
+        bounded by time (`schedule.horizon: time`): the rate then anneals by the end of the budget however
+        many steps fit into it.
+        """
         cfg = self.cfg
         if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
             return self.base_lr * (step + 1) / cfg.warmup_steps
         min_lr = self.base_lr * cfg.min_lr_ratio
         span = max(1, self.max_steps - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
+        if time_fraction is not None:
+            progress = min(1.0, max(0.0, time_fraction))
         if cfg.name == "cosine":
             return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.base_lr - min_lr)
         if cfg.name == "linear":

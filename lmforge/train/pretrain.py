@@ -38,10 +38,10 @@ from lmforge.train.loop import (
     NonFiniteLossError,
     TrainState,
     resolve_precision,
-    rng_state,
     seed_everything,
     set_rng_state,
     train,
+    training_state,
 )
 from lmforge.train.metrics import MetricsLogger
 from lmforge.train.optim import Schedule, build_optimizer
@@ -314,21 +314,7 @@ def make_save_fn(c: Components, root: Path, model_config: dict[str, Any], meta: 
         model_state = full_model_state(c.model, c.dist)
         optim_state = full_optimizer_state(_optim_target(c.model, c.dist), c.optimizer, c.dist)
         if c.dist.is_main:
-            bad = next((k for k, v in model_state.items() if not torch.isfinite(v).all()), None)
-            if bad is not None:
-                raise NonFiniteLossError(
-                    f"weights became non-finite ({bad}) at step {state.step}; not saving"
-                )
-            train_state = {
-                "version": 1,
-                "state": state.to_dict(),
-                "optimizer": optim_state,
-                "schedule": c.schedule.state_dict(),
-                "scaler": c.precision.scaler.state_dict() if c.precision.scaler is not None else None,
-                "rng": rng_state(),
-                "data": c.sampler.state_dict(state.step),
-                "world_size": c.dist.world_size,
-            }
+            train_state = training_state(c, state, model_state, optim_state)
             info = {
                 "stage": "pretrain",
                 "step": state.step,

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from infer_helpers import Tiny, make_model, make_tokenizer
 
 from lmforge.tokenizer.train import save_tokenizer
 from lmforge.train.checkpoint import save_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models decode fastest on one thread (and a busy 2-core machine makes two threads crawl)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session", params=["gpt2", "llama"])

@@ -38,6 +38,14 @@ def test_warmup_then_cosine_linear_step_constant() -> None:
     assert const.lr(50) == 3.0
 
 
+def test_time_horizon_decays_over_the_budget_not_the_steps() -> None:
+    cos = Schedule(ScheduleConfig(name="cosine", warmup_steps=10, min_lr_ratio=0.1, horizon="time"), 1.0, 10_000)
+    assert cos.lr(5, time_fraction=0.9) == pytest.approx(0.6)  # warmup still counts steps
+    assert cos.lr(20, time_fraction=0.5) == pytest.approx(0.55)  # half the budget: half-way down
+    assert cos.lr(20, time_fraction=1.2) == pytest.approx(0.1)
+    assert cos.lr(20) > 0.99  # by steps: barely started
+
+
 def test_plateau_lowers_lr_after_patience_and_round_trips() -> None:
     sched = Schedule(ScheduleConfig(name="plateau", warmup_steps=0, patience=1, gamma=0.1), 1.0, 100)
     assert not sched.observe_val_loss(2.0)
@@ -146,3 +154,23 @@ def test_param_groups_fallback_for_plain_modules() -> None:
     model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4))
     decay, no_decay = param_groups(model, 0.1)
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 4
+
+
+def test_weights_file_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    """safetensors writes its metadata map in a random order per process; we sort the header, so equal
+    weights give byte-equal files (the pipeline's cache compares sha256s)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\nfrom pathlib import Path\nfrom lmforge.train.checkpoint import save_model_file\n"
+        "w = torch.arange(12.0).reshape(4, 3)\n"
+        "save_model_file({'wte.weight': w, 'lm_head.weight': w, 'b': torch.ones(5)}, Path(sys.argv[1]),"
+        " {'m': '1', 'a': '2', 'z': '3'})\n"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", script, str(f)], check=True)
+    assert len({f.read_bytes() for f in files}) == 1
+    back = ckpt.load_model_file(files[0])
+    assert torch.equal(back["lm_head.weight"], back["wte.weight"])

@@ -16,6 +16,7 @@ import pytest
 import torch
 from helpers import TINY, write_shards
 from safetensors.torch import load_file
+from testkit import error_line
 
 from lmforge.cli import main
 from lmforge.train import checkpoint as ckpt
@@ -47,14 +48,6 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def losses(run: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in records if r["event"] == "train"}
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -161,6 +154,24 @@ def test_early_stopping(shards: Path, tmp_path: Path) -> None:
     ]) == 0  # fmt: skip
     summary = json.loads((out / "manifest.json").read_text())["summary"]
     assert summary["stop_reason"] == "early_stopping" and summary["steps"] == 6
+
+
+def test_time_horizon_anneals_by_the_end_of_the_budget(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([
+        "pretrain", str(shards), *TINY, "train.max_steps=100000", "train.max_seconds=1.5",
+        "train.schedule.horizon=time", "train.schedule.min_lr_ratio=0.1", "train.log_every=1",
+        "train.eval_every=100000", "--out", str(out),
+    ]) == 0  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if r["event"] == "train"]
+    peak = max(lrs)
+    assert json.loads((out / "manifest.json").read_text())["summary"]["stop_reason"] == "max_seconds"
+    assert lrs[-1] < 0.2 * peak  # annealed to near min_lr although only a fraction of max_steps ran
+    assert main(["pretrain", str(shards), *TINY, "train.schedule.horizon=time", "--out", str(tmp_path / "b")]) == 2
+    assert "train.max_seconds" in error_line(capsys)
 
 
 def test_accumulation_matches_full_batch_and_bf16_runs(shards: Path, tmp_path: Path) -> None:
