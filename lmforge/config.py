@@ -773,5 +773,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+# libyaml's emitter when PyYAML was built with it: the pure-Python one takes ~0.1 s for a whole config.
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+    return yaml.dump(to_dict(cfg), Dumper=_SafeDumper, sort_keys=False, allow_unicode=True)
