@@ -13,6 +13,7 @@ import torch
 import yaml
 from ft_helpers import FAST, sentiment_records, write_jsonl
 from safetensors.torch import load_file
+from testkit import error_line
 
 from lmforge.cli import main
 from lmforge.config import load_config
@@ -200,14 +201,6 @@ def test_other_encoder_families(cls_data: Path, tmp_path: Path, model_type: str,
 # --------------------------------------------------------------------------------------------------------
 # Bad input: one line, exit 2
 # --------------------------------------------------------------------------------------------------------
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def run_bad(base: Path, data: Path, out: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from ft_helpers import FAST, alpaca_records, sentiment_records, write_jsonl
 from safetensors.torch import load_file
+from testkit import error_line
 
 from lmforge.cli import main
 from lmforge.finetune import load_classifier
@@ -31,14 +32,6 @@ def events(run: Path, kind: str) -> list[dict]:
 
 def weights(path: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in load_file(str(path / name)).items()}
-
-
-def error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
