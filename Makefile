@@ -49,7 +49,7 @@ bench-train: $(STAMP)
 	$(PY) benchmarks/bench_train.py --shared $(SHARED)
 
 bench-generate: $(STAMP)
-	$(PY) benchmarks/bench_generate.py
+	$(PY) -u benchmarks/bench_generate.py
 
 # ONNX Runtime (fp32, int8) against PyTorch eager on a ~10M model: forward latency, decode, file sizes
 bench-export: $(STAMP)
