@@ -9,8 +9,8 @@
    (sampling at temperature 1, EOS ignored), with the KV cache and without it (each step recomputes the
    whole sequence). Decode time runs from the first sampled token to the last, so the prompt's prefill is
    left out; tokens/s counts every row of the batch. Each figure is the median of `--runs` runs. Threads
-   as `lmforge generate` picks them (one for a model under 5M parameters, else torch's default) unless
-   `--threads` is given.
+   as `lmforge generate` picks them (`auto_threads`: one while parameters x batch is under 5M, else torch's
+   default) unless `--threads` is given. Rows are measured one after another and printed as they come.
 3. References in the same run: nanoGPT's sampler (`model.generate` of nanoGPT's model.py: no cache, crop to
    block_size 64, temperature 0.8, top-k 200, one token of prompt) on char-tiny with its block_size 64; and
    transformers' `GPT2LMHeadModel.generate` (greedy, its own KV cache) on the same weights, exported with
@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lmforge.infer.generate import SMALL_MODEL_PARAMS, SamplingParams, stream  # noqa: E402
+from lmforge.infer.generate import SamplingParams, auto_threads, stream  # noqa: E402
 from lmforge.model.gpt import GPT, GPTConfig  # noqa: E402
 
 VOCAB = 65
@@ -121,7 +122,7 @@ def transformers_rate(hf, batch: int, length: int, new: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: as `lmforge generate` picks, "
-                    "1 for a model under 5M parameters, else torch's default)")  # fmt: skip
+                    "`auto_threads`: 1 when parameters x batch < 5M, else torch's default)")  # fmt: skip
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
     ap.add_argument("--quick", action="store_true", help="fewer tokens per run (a smoke test)")
     ap.add_argument("--no-transformers", action="store_true", help="skip the transformers comparison")
@@ -130,55 +131,53 @@ def main() -> int:
     new_cached = 64 if args.quick else 128
     new_uncached = {16: 16 if args.quick else 32, 512: 4 if args.quick else 8}
 
-    # Every measurement of one model, as (model name, figure) -> function returning tokens/s.
-    models = {name: build(shape) for name, shape in MODELS.items()}
-    threads = {name: args.threads or (1 if m.num_params() < SMALL_MODEL_PARAMS else cores)
-               for name, m in models.items()}  # fmt: skip
-    measures: dict[tuple[str, str], Callable[[], float]] = {}
-    tiny = next(iter(MODELS))
-    nano_model = build(MODELS[tiny], block_size=64)
-    measures[tiny, "nanogpt"] = lambda: nanogpt_sampler(nano_model, 200)
-    for name, model in models.items():
-        hf = None if args.no_transformers else to_transformers(model)
-        for b in (1, 8):
-            for n in (16, 512):
-                measures[name, f"cache b{b} p{n}"] = lambda m=model, b=b, n=n: ours(m, b, n, new_cached, True)
-                measures[name, f"no-cache b{b} p{n}"] = lambda m=model, b=b, n=n: ours(m, b, n, new_uncached[n],
-                                                                                         False)  # fmt: skip
-                if hf is not None:
-                    measures[name, f"greedy b{b} p{n}"] = lambda m=model, b=b, n=n: ours(m, b, n, new_cached,
-                                                                                          True, True)  # fmt: skip
-                    measures[name, f"hf b{b} p{n}"] = lambda h=hf, b=b, n=n: transformers_rate(h, b, n, new_cached)
-
-    # Rounds over all figures (after a warm-up round), so a burst of load elsewhere on the machine spreads
-    # over many figures instead of skewing one; each figure is the median of its runs.
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in measures}
-    for round_ in range(args.runs + 1):
-        for key, measure in measures.items():
-            torch.set_num_threads(threads[key[0]])
-            rate = measure()
-            if round_:
-                samples[key].append(rate)
-    rate_of = {key: statistics.median(values) for key, values in samples.items()}
-
     def fmt(x: float | None) -> str:
         return "-" if x is None else f"{x:,.0f}"
 
-    nano = rate_of[tiny, "nanogpt"]
+    def median_rates(measures: dict[str, Callable[[], float]], threads: int) -> dict[str, float]:
+        """Each figure's median over `--runs` rounds (after a warm-up round); a round measures every figure
+        once, so a burst of load elsewhere spreads over the figures side by side instead of skewing one."""
+        torch.set_num_threads(threads)
+        samples: dict[str, list[float]] = {key: [] for key in measures}
+        for round_ in range(args.runs + 1):
+            for key, measure in measures.items():
+                rate = measure()
+                if round_:
+                    samples[key].append(rate)
+        torch.set_num_threads(cores)
+        return {key: statistics.median(values) for key, values in samples.items()}
+
     print(f"torch {torch.__version__}, {cores} cores; decode tokens/s (all rows of a batch), median of {args.runs}")
-    print(f"\nnanoGPT's sampler (no cache, block 64, char-tiny, batch 1): {nano:,.0f} tokens/s\n")
+    tiny = next(iter(MODELS))
+    nano_model = build(MODELS[tiny], block_size=64)
+    nano = median_rates({"nanogpt": lambda: nanogpt_sampler(nano_model, 200)}, 1)["nanogpt"]
+    print(f"\nnanoGPT's sampler (no cache, block 64, char-tiny, batch 1, 1 thread): {nano:,.0f} tokens/s\n")
     print("| model | threads | batch | prompt | KV cache | no cache | cache speed-up | ms/step "
           "| ours greedy | transformers greedy |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    # One row at a time, printed as soon as it is measured (a run cut short still shows its rows).
     checks = []
-    for name in models:
-        r = {fig: v for (model_name, fig), v in rate_of.items() if model_name == name}
+    for name, shape in MODELS.items():
+        model = build(shape)
+        hf = None if args.no_transformers else to_transformers(model)
+        r: dict[str, float] = {}
         for b in (1, 8):
+            threads = args.threads or auto_threads(model.num_params(), b) or cores
             for n in (16, 512):
-                cached, uncached = r[f"cache b{b} p{n}"], r[f"no-cache b{b} p{n}"]
-                greedy, theirs = r.get(f"greedy b{b} p{n}"), r.get(f"hf b{b} p{n}")
-                print(f"| {name} | {threads[name]} | {b} | {n} | {fmt(cached)} | {fmt(uncached)} "
-                      f"| {cached / uncached:.1f}x | {1000 * b / cached:.2f} | {fmt(greedy)} | {fmt(theirs)} |")
+                measures: dict[str, Callable[[], float]] = {
+                    "cache": partial(ours, model, b, n, new_cached, True),
+                    "no-cache": partial(ours, model, b, n, new_uncached[n], False),
+                }
+                if hf is not None:
+                    measures["greedy"] = partial(ours, model, b, n, new_cached, True, True)
+                    measures["hf"] = partial(transformers_rate, hf, b, n, new_cached)
+                rates = median_rates(measures, threads)
+                r.update({f"{fig} b{b} p{n}": v for fig, v in rates.items()})
+                cached, uncached = rates["cache"], rates["no-cache"]
+                greedy, theirs = rates.get("greedy"), rates.get("hf")
+                print(f"| {name} | {threads} | {b} | {n} | {fmt(cached)} | {fmt(uncached)} "
+                      f"| {cached / uncached:.1f}x | {1000 * b / cached:.2f} | {fmt(greedy)} | {fmt(theirs)} |",
+                      flush=True)  # fmt: skip
                 if greedy is not None and theirs is not None:
                     checks.append((f"{name} b{b} p{n}: ours greedy >= transformers", greedy >= theirs,
                                    f"{greedy:,.0f} vs {theirs:,.0f}"))  # fmt: skip

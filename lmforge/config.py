@@ -240,7 +240,7 @@ class GenerateConfig:
     use_cache: bool = True  # KV cache; off recomputes the whole sequence every step (same greedy output)
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    threads: int | None = None  # torch.set_num_threads; None: 1 for a model under 5M parameters on a CPU
+    threads: int | None = None  # None: 1 on a CPU when params x prompts per step < 5M (auto_threads)
     system: str | None = None  # chat: the system message
 
 

@@ -636,17 +636,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-# Below this size a decode step's operations are too small to share between threads: one thread is faster
-# (and on a busy machine, far faster: every parallel region waits for all its threads to be scheduled).
+# Below this much work per decode step (parameters x rows decoded together) a step's operations are too small
+# to share between threads: one thread is faster (and on a busy machine, far faster: every parallel region
+# waits for all its threads to be scheduled). Above it - a bigger model, or a small one decoding a batch -
+# the matmuls are big enough to split, and torch's default (all cores) wins.
 SMALL_MODEL_PARAMS = 5_000_000
 
 
-def load_for_generation(gc: GenerateConfig) -> LoadedModel:
+def auto_threads(num_params: int, rows: int = 1) -> int | None:
+    """Threads for decoding `rows` sequences at once on a CPU: 1 below SMALL_MODEL_PARAMS of work per step,
+    else None (leave torch's default)."""
+    return 1 if num_params * max(rows, 1) < SMALL_MODEL_PARAMS else None
+
+
+def load_for_generation(gc: GenerateConfig, rows: int = 1) -> LoadedModel:
     """The model named by generate.model on the configured device, dtype and threads.
 
-    Threads: generate.threads, else one for a model under SMALL_MODEL_PARAMS on a CPU, else torch's
-    default. The seam for what comes later: fine-tuned checkpoints and LoRA adapters load through
-    `load_model`.
+    Threads: generate.threads, else `auto_threads` for `rows` sequences decoded together on a CPU. The seam
+    for what comes later: fine-tuned checkpoints and LoRA adapters load through `load_model`.
     """
     from lmforge.infer.load import load_model
 
@@ -660,7 +667,7 @@ def load_for_generation(gc: GenerateConfig) -> LoadedModel:
         raise ConfigError(f"generate.batch_size must be at least 1, got {gc.batch_size}")
     device = resolve_device(gc.device)
     loaded = load_model(gc.model, device=device, dtype=resolve_dtype(gc.dtype, device))
-    if gc.threads is None and device.type == "cpu" and loaded.model.num_params() < SMALL_MODEL_PARAMS:
+    if gc.threads is None and device.type == "cpu" and auto_threads(loaded.model.num_params(), rows) == 1:
         torch.set_num_threads(1)
     return loaded
 
@@ -697,7 +704,7 @@ def run_generate(cfg: Config, stream_output: bool = False, as_json: bool = False
     for i, p in enumerate(prompts):
         if not p:
             raise LmforgeError(f"prompt {i + 1} is empty")
-    loaded = load_for_generation(gc)
+    loaded = load_for_generation(gc, rows=1 if stream_output else min(gc.batch_size, len(prompts)))
     if loaded.tokenizer is None:
         raise LmforgeError(f"{loaded.source}: no tokenizer.json found beside the model")
     model, tok, out = loaded.model, loaded.tokenizer, sys.stdout

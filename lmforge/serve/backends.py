@@ -526,7 +526,7 @@ class Served:
 
 def load_served(sc: ServeConfig) -> Served:
     """The models named by `serve.model` (a language model or a classifier) and `serve.classifier`."""
-    from lmforge.infer.generate import SMALL_MODEL_PARAMS, resolve_device, resolve_dtype
+    from lmforge.infer.generate import auto_threads, resolve_device, resolve_dtype
 
     if not sc.model and not sc.classifier:
         raise LmforgeError("no model given: lmforge serve MODEL (a checkpoint, run, adapter, HF dir or .onnx file)")
@@ -551,7 +551,9 @@ def load_served(sc: ServeConfig) -> Served:
         served.classifier = load_classifier_model(sc.classifier, device)
     if served.lm is not None and served.classifier is not None and served.lm.name == served.classifier.name:
         served.classifier.name += "-classifier"
-    small = served.lm is not None and 0 < served.lm.num_params < SMALL_MODEL_PARAMS
+    # Sized for one stream: a small model keeps one thread even when concurrent requests batch up, as a
+    # server on a shared machine must not stall on threads that wait to be scheduled.
+    small = served.lm is not None and served.lm.num_params > 0 and auto_threads(served.lm.num_params) == 1
     if sc.threads is None and device.type == "cpu" and small:
-        torch.set_num_threads(1)  # small models decode fastest on one thread (see infer/generate.py)
+        torch.set_num_threads(1)
     return served

@@ -13,6 +13,7 @@ from lmforge.infer.generate import (
     FastDecodeStep,
     IncrementalDetokenizer,
     SamplingParams,
+    auto_threads,
     generate,
     min_p_filter,
     sample_next,
@@ -31,6 +32,14 @@ def ids(completions) -> list[list[int]]:
 
 
 # -- the KV cache and batching ----------------------------------------------------------------------------
+
+
+def test_auto_threads_follow_the_work_per_step() -> None:
+    # One thread for a small model decoding one row; a batch of it (or a bigger model) is worth all cores.
+    assert auto_threads(800_000, rows=1) == 1
+    assert auto_threads(800_000, rows=8) is None
+    assert auto_threads(10_000_000, rows=1) is None
+    assert auto_threads(600_000, rows=8) == 1
 
 
 def test_greedy_same_with_and_without_cache_batch_and_alone(tiny) -> None:
