@@ -63,6 +63,7 @@ from lmforge.train.pretrain import (
     batch_sizes,
     check_fits_in_memory,
     configure_torch,
+    enable_activation_checkpointing,
     find_resume_checkpoint,
     restore_train_state,
     seed_everything,
@@ -140,6 +141,7 @@ class TaskData:
     labels: list[str] = field(default_factory=list)
     class_weights: list[float] | None = None
     sample_prompt: list[int] | None = None  # sft: the first validation prompt, for samples
+    lengths: list[int] | None = None  # tokens of each row (finetune.group_by_length batches by them)
 
 
 def special_id(tokenizer: Tokenizer, tok_cfg: dict[str, Any], key: str, fallback: str | None = None) -> int | None:
@@ -180,6 +182,7 @@ def build_task_data(cfg: Config, base: LoadedModel | enc.EncoderBase, tokenizer:
             stats={"train": train_stats.as_dict(), "val": val_stats.as_dict(), "rows": len(rows),
                    "packing": fcfg.packing, "max_length": max_length},
             sample_prompt=prompt,
+            lengths=[row.length for row in rows],
         )
 
     labels = cls.label_set(train_records, fcfg.label_field, fcfg.labels)
@@ -198,6 +201,7 @@ def build_task_data(cfg: Config, base: LoadedModel | enc.EncoderBase, tokenizer:
                "max_length": max_length, "eos_id": eos_id},
         labels=labels,
         class_weights=weights,
+        lengths=[len(e.ids) for e in train_ex],
     )
 
 
@@ -302,7 +306,7 @@ def _finetune(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
     _, micro = batch_sizes(tcfg, dist.world_size)
     precision = resolve_precision(tcfg.precision, device)
     if not isinstance(base, enc.EncoderBase):
-        check_fits_in_memory(base.model.config, micro, device, precision.name)
+        check_fits_in_memory(base.model.config, micro, device, precision.name, tcfg.activation_checkpointing)
 
     root = run_dir / "checkpoints"
     resume_from = find_resume_checkpoint(root, tcfg.resume)
@@ -322,13 +326,16 @@ def _finetune(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
         load_resume_weights(resume_from, model, fcfg.method)
         log.info("resuming from %s", resume_from)
     trainable, total = count_parameters(model)
+    if tcfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     model.to(device)
     model = wrap_model(model, dist, device)
     if tcfg.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     optimizer = build_optimizer(_optim_target(model, dist), tcfg.optim, device)
     schedule = Schedule(tcfg.schedule, tcfg.optim.lr, tcfg.max_steps)
-    sampler = RowSampler(data.rows, tcfg.batch_size, cfg.run.seed, data.collate)
+    sampler = RowSampler(data.rows, tcfg.batch_size, cfg.run.seed, data.collate,
+                         lengths=data.lengths if cfg.finetune.group_by_length else None)
 
     state = TrainState()
     if resume_from is not None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
@@ -329,6 +330,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # Training only: recompute each block in the backward pass instead of keeping its activations.
+        self.activation_checkpointing = False
         if self.wte.weight.device.type != "meta":  # on meta there is nothing to fill (call it after to_empty)
             self.init_weights()
         elif cfg.tie_embeddings:
@@ -406,8 +409,12 @@ class GPT(nn.Module):
         else:
             rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = self.drop(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, rope, mask, kv_cache)
+            if recompute:  # non-reentrant: works with torch.compile, DDP/FSDP and frozen (LoRA) weights
+                x = checkpoint(block, x, rope, mask, kv_cache, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, kv_cache)
         return self.ln_f(x)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, attention_mask: Tensor | None = None,

@@ -81,7 +81,7 @@ def _pretrain(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
     check_data(meta, train_split, val_split, gcfg.vocab_size, gcfg.block_size)
     per_rank, micro = batch_sizes(tcfg, dist.world_size)
     precision = resolve_precision(tcfg.precision, device)
-    check_fits_in_memory(gcfg, micro, device, precision.name)
+    check_fits_in_memory(gcfg, micro, device, precision.name, tcfg.activation_checkpointing)
 
     root = run_dir / "checkpoints"
     resume_from = find_resume_checkpoint(root, tcfg.resume)
@@ -96,6 +96,8 @@ def _pretrain(cfg: Config, dist: DistInfo, device: torch.device, run_dir: Path, 
         ckpt.check_shapes(source, state_dict, model.state_dict())
         model.load_state_dict(state_dict)
         log.info("%s %s", "resuming from" if resume_from else "initialising from", source)
+    if tcfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     model.to(device)
     model = wrap_model(model, dist, device)
     if tcfg.compile:
@@ -224,11 +226,12 @@ def memory_available(device: torch.device) -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def estimate_step_bytes(gcfg: Any, micro: int, precision: str) -> int:
-    """A lower bound of one micro-step's memory: kept activations, logits, weights and optimizer state."""
+def estimate_step_bytes(gcfg: Any, micro: int, precision: str, recompute: bool = False) -> int:
+    """A lower bound of one micro-step's memory: kept activations, logits, weights and optimizer state.
+    recompute: activation checkpointing (each block keeps only its input)."""
     act_bytes = 2 if precision in ("bf16", "fp16") else 4
     tokens = micro * gcfg.block_size
-    per_token_layer = (10 * gcfg.n_embd + 2 * gcfg.intermediate_size) * act_bytes
+    per_token_layer = (gcfg.n_embd if recompute else 10 * gcfg.n_embd + 2 * gcfg.intermediate_size) * act_bytes
     per_token_head = gcfg.vocab_size * 4 * 2  # fp32 logits and their gradient
     n_params = gcfg.vocab_size * gcfg.n_embd + gcfg.n_layer * (
         4 * gcfg.n_embd**2 + 3 * gcfg.n_embd * gcfg.intermediate_size
@@ -236,15 +239,35 @@ def estimate_step_bytes(gcfg: Any, micro: int, precision: str) -> int:
     return tokens * (gcfg.n_layer * per_token_layer + per_token_head) + n_params * 16
 
 
-def check_fits_in_memory(gcfg: Any, micro: int, device: torch.device, precision: str) -> None:
+def check_fits_in_memory(gcfg: Any, micro: int, device: torch.device, precision: str,
+                         recompute: bool = False) -> None:  # fmt: skip
     """Refuse before allocating when a micro-batch clearly cannot fit (the real OOM is caught too)."""
-    need = estimate_step_bytes(gcfg, micro, precision)
+    need = estimate_step_bytes(gcfg, micro, precision, recompute)
     have = memory_available(device)
     if need > have:
         raise LmforgeError(
             f"batch of {micro}×{gcfg.block_size} does not fit in memory (needs at least "
             f"{need / 2**30:,.1f} GiB, {have / 2**30:,.1f} GiB available); lower train.micro_batch_size"
         )
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """train.activation_checkpointing: every lmforge GPT in `model` recomputes its blocks in the backward
+    pass; a Hugging Face model (an encoder classifier's backbone) through its gradient_checkpointing_enable."""
+    from lmforge.model.gpt import GPT
+
+    found = False
+    for module in model.modules():
+        if isinstance(module, GPT):
+            module.activation_checkpointing = found = True
+        elif getattr(module, "supports_gradient_checkpointing", False):
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            found = True
+    if not found:
+        raise ConfigError("train.activation_checkpointing: this model has no blocks to recompute")
 
 
 def find_resume_checkpoint(root: Path, resume: bool) -> Path | None:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lmforge.config import FinetuneConfig, load_config
 from lmforge.finetune import sft
+from lmforge.finetune.batching import RowSampler
 from lmforge.finetune.classify import ClassifierModel, class_weights, focal_loss
 from lmforge.finetune.records import Record, load_splits, read_records
 from lmforge.infer.load import load_model
@@ -138,3 +139,24 @@ def test_records_from_files_and_splits(tmp_path: Path) -> None:
 def test_ready_configs_are_valid(name: str) -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
     assert cfg.finetune.task == ("classify" if "sst2" in name else "sft")
+
+
+def test_group_by_length_batches_similar_lengths_and_visits_every_row() -> None:
+    lengths = [int(x) for x in torch.randint(1, 60, (1000,), generator=torch.Generator().manual_seed(0))]
+    rows = list(range(1000))
+
+    def sampler(group: bool) -> RowSampler:
+        return RowSampler(rows, 16, seed=3, collate=list, lengths=lengths if group else None)
+
+    def padding(s: RowSampler) -> int:  # padded positions of the first epoch's whole batches
+        batches = [[lengths[i] for i in s.indices(step)] for step in range(1000 // 16)]
+        return sum(len(b) * max(b) - sum(b) for b in batches)
+
+    grouped, plain = sampler(True), sampler(False)
+    for s in (grouped, plain):  # one epoch is a permutation of the rows
+        epoch = [i for step in range(1000 // 16) for i in s.indices(step)] + s._permutation(0)[-(1000 % 16):].tolist()
+        assert sorted(epoch) == rows
+    assert padding(grouped) < padding(plain) / 5
+    assert [grouped.indices(step) for step in (0, 7, 70)] == [sampler(True).indices(step) for step in (0, 7, 70)]
+    assert grouped.indices(0) != plain.indices(0)
+    assert grouped._permutation(1).tolist() != grouped._permutation(0).tolist()  # a new order every epoch

@@ -185,6 +185,15 @@ def test_accumulation_matches_full_batch_and_bf16_runs(shards: Path, tmp_path: P
     )
 
 
+def test_activation_checkpointing_trains_to_the_same_weights(shards: Path, tmp_path: Path) -> None:
+    # Recomputing the blocks in the backward pass (dropout on: its RNG is replayed) changes memory, not results.
+    base = ["pretrain", str(shards), *TINY, "train.max_steps=4", "train.save_every=100", "model.dropout=0.1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "train.activation_checkpointing=true", "--out", str(tmp_path / "b")]) == 0
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
+
+
 # --------------------------------------------------------------------------------------------------------
 # Bad input: one line, non-zero exit, no traceback, no damaged checkpoint
 # --------------------------------------------------------------------------------------------------------
