@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from lmforge.compress.quantize import quiet_torchao
 from lmforge.errors import ConfigError, LmforgeError
 
 if TYPE_CHECKING:
@@ -163,8 +164,9 @@ def load_encoder_base(path: str | Path) -> EncoderBase:
         raise LmforgeError(f"{path}: no *.safetensors weights (pickled .bin files are not loaded)")
     tokenizer, tokenizer_config = load_encoder_tokenizer(path)
     try:
-        model, info = AutoModel.from_pretrained(str(path), use_safetensors=True, dtype=torch.float32,
-                                                output_loading_info=True)  # fmt: skip
+        with quiet_torchao():  # transformers imports torchao (if installed) while loading
+            model, info = AutoModel.from_pretrained(str(path), use_safetensors=True, dtype=torch.float32,
+                                                    output_loading_info=True)  # fmt: skip
     except (OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LmforgeError(f"{path}: transformers cannot load the encoder ({reason})") from None
@@ -184,7 +186,8 @@ def build_encoder(hf_config: dict[str, Any]) -> nn.Module:
     if kind not in ENCODER_MODEL_TYPES:
         raise LmforgeError(f"model_type {kind!r} is not an encoder family we fine-tune")
     config = CONFIG_MAPPING[kind].from_dict(hf_config)
-    model = AutoModel.from_config(config, dtype=torch.float32)
+    with quiet_torchao():
+        model = AutoModel.from_config(config, dtype=torch.float32)
     drop_pooler(model)
     return model
 

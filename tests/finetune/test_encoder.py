@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,12 @@ def test_bad_encoder_inputs(bert: Path, cls_data: Path, tmp_path: Path, capsys: 
     line = run_bad(bert, cls_data, out, capsys, "--task", "classify", "finetune.pooling=first")
     assert "finetune.pooling" in line
     assert not (out / "checkpoints").exists()
+
+
+def test_loading_an_encoder_keeps_torchao_import_noise_off_the_console(bert: Path) -> None:
+    """transformers imports torchao while loading a model; torchao then warns about CUDA-only kernels this
+    machine cannot load, and torch about enums it registers. A fresh process shows the user none of it."""
+    code = f"from lmforge.finetune.encoder import load_encoder_base; load_encoder_base({str(bert)!r})"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Failed to load" not in result.stderr and "Enum subclass" not in result.stderr, result.stderr
