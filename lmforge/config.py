@@ -362,6 +362,7 @@ class FinetuneConfig:
     pooling: Literal["auto", "last", "mean", "cls"] = "auto"
     class_weights: Literal["balanced"] | list[float] | None = None  # classify: CE weights per class
     focal_gamma: float = 0.0  # classify: focal loss exponent (0: plain cross-entropy)
+    lm_loss_weight: float = 0.0  # classify over a decoder: weight of an auxiliary next-token loss (GPT-1)
     freeze: list[str] = field(default_factory=list)  # full: parameter patterns kept frozen (`wte`, `blocks.0.*`)
     select_metric: Literal["auto", "val_loss", "macro_f1", "accuracy"] = "auto"  # auto: macro_f1 for classify
 

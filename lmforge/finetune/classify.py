@@ -4,7 +4,8 @@
 returns `(logits (B, num_labels), loss)`, so the training loop drives it exactly as it drives the GPT. The
 loss is cross-entropy with optional class weights (from label frequencies, "balanced" as scikit-learn:
 n / (k * count), or given), or the focal loss (Lin et al., 2017) with exponent `focal_gamma`; at gamma 0
-the focal loss is that same weighted cross-entropy.
+the focal loss is that same weighted cross-entropy. With `lm_loss_weight` > 0, training adds that times the
+next-token loss on the text (GPT-1's auxiliary objective); evaluation scores the classification loss alone.
 
 Each text is tokenized, cut to `max_length - 1` tokens, and ends with the EOS token (when the tokenizer
 has one), whose state the `last` pooling reads. A classifier checkpoint holds the backbone like any
@@ -87,7 +88,8 @@ class ClassifierModel(nn.Module):
     """Our GPT (`backbone`) with a Linear `head` over the pooled final hidden states."""
 
     def __init__(self, backbone: GPT, num_labels: int, pooling: str = "last",
-                 weight: Sequence[float] | None = None, focal_gamma: float = 0.0) -> None:  # fmt: skip
+                 weight: Sequence[float] | None = None, focal_gamma: float = 0.0,
+                 lm_loss_weight: float = 0.0) -> None:  # fmt: skip
         super().__init__()
         if pooling not in ("last", "mean"):
             raise ConfigError(f"finetune.pooling must be 'last' or 'mean', got {pooling!r}")
@@ -97,6 +99,7 @@ class ClassifierModel(nn.Module):
         self.config = backbone.config  # for code that reads model.config (block_size, ...)
         self.pooling = pooling
         self.focal_gamma = focal_gamma
+        self.lm_loss_weight = lm_loss_weight
         self.head = nn.Linear(backbone.config.n_embd, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -130,7 +133,19 @@ class ClassifierModel(nn.Module):
         loss = None
         if targets is not None:
             loss = focal_loss(logits, targets, self.focal_gamma, self.class_weight)
+            if self.training and self.lm_loss_weight > 0:
+                loss = loss + self.lm_loss_weight * self.lm_loss(idx, hidden, attention_mask)
         return logits, loss
+
+    def lm_loss(self, idx: Tensor, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """Next-token cross-entropy over the text's real tokens: the auxiliary objective of GPT-1 (Radford et
+        al., 2018), which keeps the backbone a language model while the head learns (training only)."""
+        targets = idx[:, 1:]
+        if attention_mask is not None:
+            keep = attention_mask[:, 1:].to(idx.device, torch.bool) & attention_mask[:, :-1].to(idx.device, torch.bool)
+            targets = targets.masked_fill(~keep, -100)
+        logits = self.backbone.lm_head(hidden[:, :-1]).float()
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
     def configure_optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """The backbone's groups (trainable parameters only) plus the head: its weight decayed, bias not."""

@@ -116,6 +116,10 @@ def check_inputs(fcfg: FinetuneConfig) -> None:
         raise ConfigError(f"finetune.select_metric={fcfg.select_metric} needs task=classify")
     if fcfg.focal_gamma < 0:
         raise ConfigError(f"finetune.focal_gamma must be >= 0, got {fcfg.focal_gamma}")
+    if fcfg.lm_loss_weight < 0:
+        raise ConfigError(f"finetune.lm_loss_weight must be >= 0, got {fcfg.lm_loss_weight}")
+    if fcfg.lm_loss_weight > 0 and (fcfg.task != "classify" or enc.is_encoder_dir(fcfg.base)):
+        raise ConfigError("finetune.lm_loss_weight is for task=classify over a decoder (an LM head to train)")
 
 
 def resolve_pooling(fcfg: FinetuneConfig) -> str:
@@ -241,9 +245,10 @@ def build_model(base: GPT, cfg: Config, data: TaskData) -> tuple[nn.Module, Lora
         log.info("froze %s parameters (finetune.freeze)", f"{frozen:,}")
     if fcfg.task == "sft":
         return base, spec
-    if not base.config.tie_embeddings:
+    if not base.config.tie_embeddings and fcfg.lm_loss_weight == 0:
         base.lm_head.weight.requires_grad_(False)  # unused by the classifier (and DDP wants every grad)
-    model = cls.ClassifierModel(base, len(data.labels), fcfg.pooling, data.class_weights, fcfg.focal_gamma)
+    model = cls.ClassifierModel(base, len(data.labels), fcfg.pooling, data.class_weights, fcfg.focal_gamma,
+                                fcfg.lm_loss_weight)  # fmt: skip
     return model, spec
 
 

@@ -232,6 +232,8 @@ def test_bad_encoder_inputs(bert: Path, cls_data: Path, tmp_path: Path, capsys: 
     assert "finetune.max_length=100" in line and "64" in line
     line = run_bad(bert, cls_data, out, capsys, "--task", "classify", "finetune.pooling=first")
     assert "finetune.pooling" in line
+    line = run_bad(bert, cls_data, out, capsys, "--task", "classify", "finetune.lm_loss_weight=0.2")
+    assert "finetune.lm_loss_weight" in line and "decoder" in line
     assert not (out / "checkpoints").exists()
 
 

@@ -123,6 +123,28 @@ def test_classifier_pools_last_real_token_and_mean() -> None:
     torch.testing.assert_close(mean_logits[0], mean.head(hidden.mean(1))[0], rtol=1e-5, atol=1e-5)
 
 
+def test_classifier_auxiliary_lm_loss_in_training_only() -> None:
+    """lm_loss_weight w: training loss = classification loss + w x the GPT's own next-token loss on the real
+    tokens (padding and the position after the last real token ignored); evaluation: classification alone."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
+    plain, aux = ClassifierModel(gpt, 2, "last"), ClassifierModel(gpt, 2, "last", lm_loss_weight=0.5)
+    aux.head.load_state_dict(plain.head.state_dict())
+    ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    labels = torch.tensor([0, 1])
+    with torch.no_grad():
+        _, cls_loss = plain.train()(ids, labels, mask)
+        _, total = aux.train()(ids, labels, mask)
+        _, evaluated = aux.eval()(ids, labels, mask)
+        # The LM loss row by row, unpadded, through the GPT's own forward: 2 + 4 predicted tokens.
+        _, lm0 = gpt(ids[:1, :2], ids[:1, 1:3])
+        _, lm1 = gpt(ids[1:, :4], ids[1:, 1:5])
+    expected_lm = (2 * lm0 + 4 * lm1) / 6
+    torch.testing.assert_close(total, cls_loss + 0.5 * expected_lm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(evaluated, cls_loss, rtol=1e-6, atol=1e-6)
+
+
 def test_records_from_files_and_splits(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c", "output": "d"}]')
     (tmp_path / "b.tsv").write_text("sentence\tlabel\nit is \"good\tx\n\nbad\ty\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from ft_helpers import FAST, alpaca_records, sentiment_records, write_jsonl
 from safetensors.torch import load_file
 from testkit import error_line
@@ -69,6 +70,21 @@ def test_classify_planted_signal_best_by_macro_f1(base: Path, cls_data: Path, tm
     assert model.pooling == "last" and labels == ["bad", "good"]
     probs = model.predict(encode_for_classifier(model, tokenizer, ["abxcdef", "abzcdef", "hgxfe", "hgzfe"]))
     assert [labels[i] for i in probs.argmax(-1).tolist()] == ["good", "bad", "good", "bad"]
+
+
+def test_classify_with_auxiliary_lm_loss(base: Path, cls_data: Path, tmp_path: Path) -> None:
+    """finetune.lm_loss_weight: the training loss carries the next-token loss too (far above the
+    classification loss it is evaluated by), and the classifier still learns the planted signal."""
+    out = tmp_path / "cls-lm"
+    report = finetune(base, cls_data, out, "--task", "classify", "train.max_steps=60", "train.optim.lr=3e-3",
+                      "finetune.lm_loss_weight=0.2")  # fmt: skip
+    assert report["best"] >= 0.9
+    plain = tmp_path / "cls-plain"  # the same seed and steps without it: same data order, same first batches
+    finetune(base, cls_data, plain, "--task", "classify", "train.max_steps=5", "train.optim.lr=3e-3")
+    with_lm, without = events(out, "train")[0], events(plain, "train")[0]
+    assert with_lm["step"] == without["step"]
+    assert with_lm["loss"] - without["loss"] > 0.2 * 1.0  # 0.2 x the next-token loss, over 1 nat on these texts
+    assert yaml.safe_load((out / "config.yaml").read_text())["finetune"]["lm_loss_weight"] == 0.2
 
 
 def test_lora_saves_only_the_adapter_and_loads_back(base: Path, cls_data: Path, tmp_path: Path) -> None:
@@ -150,6 +166,10 @@ def test_bad_inputs(base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     no_text = write_jsonl(tmp_path / "no_text.jsonl", [{"text": "abc", "label": "good"}, {"label": "bad"}])
     line = run_bad(base, no_text, tmp_path, capsys, "--task", "classify")
     assert f"{no_text}:2" in line and "'text'" in line
+    line = run_bad(base, labelled, tmp_path, capsys, "--task", "sft", "finetune.lm_loss_weight=0.5")
+    assert "finetune.lm_loss_weight" in line and "task=classify" in line
+    line = run_bad(base, no_text, tmp_path, capsys, "--task", "classify", "finetune.lm_loss_weight=-1")
+    assert "finetune.lm_loss_weight must be >= 0" in line
     line = run_bad(tmp_path / "nowhere", missing, tmp_path, capsys, "--task", "sft")
     assert "base model not found" in line and "nowhere" in line
     assert not (tmp_path / "bad" / "checkpoints").exists()
