@@ -145,7 +145,10 @@ class ClassifierModel(nn.Module):
             keep = attention_mask[:, 1:].to(idx.device, torch.bool) & attention_mask[:, :-1].to(idx.device, torch.bool)
             targets = targets.masked_fill(~keep, -100)
         logits = self.backbone.lm_head(hidden[:, :-1]).float()
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
+                                reduction="sum")  # fmt: skip
+        # A batch of one-token texts predicts nothing: 0, where the mean over no tokens would be NaN.
+        return total / (targets != -100).sum().clamp(min=1)
 
     def configure_optimizer_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """The backbone's groups (trainable parameters only) plus the head: its weight decayed, bias not."""

@@ -143,6 +143,12 @@ def test_classifier_auxiliary_lm_loss_in_training_only() -> None:
     expected_lm = (2 * lm0 + 4 * lm1) / 6
     torch.testing.assert_close(total, cls_loss + 0.5 * expected_lm, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(evaluated, cls_loss, rtol=1e-6, atol=1e-6)
+    # group_by_length can batch one-token texts together: nothing to predict adds nothing (not NaN).
+    one_token = torch.tensor([[3, 0], [4, 0]]), torch.tensor([[1, 0], [1, 0]])
+    with torch.no_grad():
+        _, short_cls = plain.train()(one_token[0], labels, one_token[1])
+        _, short_total = aux.train()(one_token[0], labels, one_token[1])
+    torch.testing.assert_close(short_total, short_cls)
 
 
 def test_records_from_files_and_splits(tmp_path: Path) -> None:
