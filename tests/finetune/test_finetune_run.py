@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,6 +132,36 @@ def test_resume_gives_identical_weights(base: Path, sft_data: Path, cls_data: Pa
         assert torch.equal(final[key], again[key]), key
     assert f"resuming from {root / 'step-0000010'}" in (out / "logs" / "finetune.log").read_text()
     assert {e["step"]: e["loss"] for e in events(out, "train")} == {e["step"]: e["loss"] for e in logged}
+
+
+@pytest.mark.parametrize("task,method", [("sft", "full"), ("classify", "lora")])
+def test_two_processes_under_torchrun_match_one_and_resume_in_one(
+    base: Path, sft_data: Path, cls_data: Path, tmp_path: Path, task: str, method: str
+) -> None:
+    """DDP over 2 CPU processes (gloo): each rank takes its half of the same global batch, so the run equals one
+    process accumulating the same two micro-batches; its checkpoint resumes in one process."""
+    data = sft_data if task == "sft" else cls_data
+    args = ["--base", str(base), str(data), *FAST, "--task", task, "--method", method, "train.max_steps=8",
+            "train.log_every=1", "train.optim.lr=3e-3", "train.keep_last=5", "train.save_every=4",
+            "finetune.packing=true", f"finetune.group_by_length={str(task == 'classify').lower()}"]  # fmt: skip
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main(["finetune", *args, "train.micro_batch_size=4", "--out", str(single)]) == 0
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "lmforge.cli",
+           "finetune", *args, "--out", str(ddp)]  # fmt: skip
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=180)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = ({e["step"]: e["loss"] for e in events(run, "train")} for run in (single, ddp))
+    assert one.keys() == two.keys() == set(range(1, 9))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5), step
+    name = "model.safetensors" if method == "full" else "adapter.safetensors"
+    shutil.rmtree(ddp / "checkpoints" / "step-0000008")
+    assert main(["finetune", *args, "train.micro_batch_size=4", "--resume", "--out", str(ddp)]) == 0
+    ref, got = (weights(run / "checkpoints" / "step-0000008", name) for run in (single, ddp))
+    assert ref.keys() == got.keys()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
 
 
 def test_freeze_keeps_chosen_layers(base: Path, cls_data: Path, tmp_path: Path) -> None:
