@@ -134,12 +134,13 @@ def test_resume_gives_identical_weights(base: Path, sft_data: Path, cls_data: Pa
     assert {e["step"]: e["loss"] for e in events(out, "train")} == {e["step"]: e["loss"] for e in logged}
 
 
-@pytest.mark.parametrize("task,method", [("sft", "full"), ("classify", "lora")])
+@pytest.mark.parametrize("task,method,strategy", [("sft", "full", "ddp"), ("classify", "lora", "ddp"),
+                                                  ("sft", "lora", "fsdp")])  # fmt: skip
 def test_two_processes_under_torchrun_match_one_and_resume_in_one(
-    base: Path, sft_data: Path, cls_data: Path, tmp_path: Path, task: str, method: str
+    base: Path, sft_data: Path, cls_data: Path, tmp_path: Path, task: str, method: str, strategy: str
 ) -> None:
-    """DDP over 2 CPU processes (gloo): each rank takes its half of the same global batch, so the run equals one
-    process accumulating the same two micro-batches; its checkpoint resumes in one process."""
+    """2 CPU processes (gloo), DDP or FSDP2: each rank takes its half of the same global batch, so the run equals
+    one process accumulating the same two micro-batches; its checkpoint resumes in one process."""
     data = sft_data if task == "sft" else cls_data
     args = ["--base", str(base), str(data), *FAST, "--task", task, "--method", method, "train.max_steps=8",
             "train.log_every=1", "train.optim.lr=3e-3", "train.keep_last=5", "train.save_every=4",
@@ -147,7 +148,7 @@ def test_two_processes_under_torchrun_match_one_and_resume_in_one(
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(["finetune", *args, "train.micro_batch_size=4", "--out", str(single)]) == 0
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "lmforge.cli",
-           "finetune", *args, "--out", str(ddp)]  # fmt: skip
+           "finetune", *args, "--strategy", strategy, "--out", str(ddp)]  # fmt: skip
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=180)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
