@@ -120,17 +120,17 @@ def best_checkpoint(run: Path) -> Path:
 
 def score_classifier(run: Path, data: Path, text_field: str, label_field: str, out: Path, threads: int
                      ) -> dict[str, Any]:  # fmt: skip
-    """The evaluation stage's classify task over `data`, with the run's best classifier as the predictor."""
+    """The evaluation stage's classify task over `data` with the run's best classifier: what
+    `lmforge evaluate RUN --task classify eval.classify.data=DATA ...` prints."""
     import torch
 
     from lmforge.config import load_config
     from lmforge.eval.evaluate import run_evaluate
-    from lmforge.finetune import classifier_predictor
 
     torch.set_num_threads(threads)
-    cfg = load_config(None, [f"eval.classify.data={data}", f"eval.classify.text_field={text_field}",
+    cfg = load_config(None, [f"eval.model={run}", f"eval.classify.data={data}", f"eval.classify.text_field={text_field}",
                              f"eval.classify.label_field={label_field}", "eval.tasks=[classify]"])  # fmt: skip
-    report = run_evaluate(cfg, out=out, predictors={"classify": classifier_predictor(run)})
+    report = run_evaluate(cfg, out=out)
     result = report["tasks"]["classify"]
     return {"n": result["n"], **result["metrics"]}
 
@@ -540,8 +540,12 @@ def main() -> None:
     if args.threads is None:
         args.threads = 1 if load >= cores - 0.5 else cores
     runner = Runner(work, args.threads)
-    print(f"fine-tuning benchmarks on {cores} CPUs ({args.threads} threads), load average {load:.1f} at "
-          f"start; runs in {work}", flush=True)  # fmt: skip
+    # The host's speed as bench-train measures it: the budgets are wall-clock, so the figures scale with it.
+    from bench_train import matmul_peak
+
+    print(f"fine-tuning benchmarks on {cores} CPUs ({args.threads} threads, fp32 matmul peak "
+          f"{matmul_peak(args.threads):.0f} GFLOP/s), load average {load:.1f} at start; runs in {work}",
+          flush=True)  # fmt: skip
     for part in args.part or PARTS:
         budget = 60 * (args.budget_minutes or BUDGET_MINUTES[part])
         print(f"\n### {part} (budget {budget / 60:.0f} min)\n", flush=True)

@@ -63,11 +63,27 @@ def load_bundle(ec: EvalConfig) -> ModelBundle:
     )
 
 
+def model_classifier(ec: EvalConfig) -> Predictor | None:
+    """eval.model's classification head as the classify task's predictor, when eval.model is a classifier
+    fine-tuned by `lmforge finetune --task classify` (and no eval.classify.predictions file is given)."""
+    if not ec.model or ec.classify.predictions:
+        return None
+    from lmforge.finetune.classify import classifier_predictor, is_classifier
+    from lmforge.train.distributed import pick_device
+
+    if not is_classifier(ec.model):
+        return None
+    return classifier_predictor(ec.model, pick_device(ec.device), ec.batch_size)
+
+
 def build_tasks(ec: EvalConfig, predictors: dict[str, Predictor] | None = None) -> list[Task]:
     tasks = []
     for name in ec.tasks:
-        if name == "classify" and predictors and "classify" in predictors:
-            tasks.append(classify_task(ec, predictors["classify"]))
+        predict = None
+        if name == "classify":
+            predict = (predictors or {}).get("classify") or model_classifier(ec)
+        if predict is not None:
+            tasks.append(classify_task(ec, predict))
         else:
             tasks.append(build_task(name, ec))
     names = [t.name for t in tasks]

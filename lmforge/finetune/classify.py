@@ -141,12 +141,11 @@ class ClassifierModel(nn.Module):
         """Next-token cross-entropy over the text's real tokens: the auxiliary objective of GPT-1 (Radford et
         al., 2018), which keeps the backbone a language model while the head learns (training only)."""
         targets = idx[:, 1:]
-        if attention_mask is not None:
-            keep = attention_mask[:, 1:].to(idx.device, torch.bool) & attention_mask[:, :-1].to(idx.device, torch.bool)
-            targets = targets.masked_fill(~keep, -100)
+        if attention_mask is not None:  # a real token predicted from a real one (rows padded on either side)
+            real = attention_mask.to(idx.device, torch.bool)
+            targets = targets.masked_fill(~(real[:, 1:] & real[:, :-1]), -100)
         logits = self.backbone.lm_head(hidden[:, :-1]).float()
-        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100,
-                                reduction="sum")  # fmt: skip
+        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
         # A batch of one-token texts predicts nothing: 0, where the mean over no tokens would be NaN.
         return total / (targets != -100).sum().clamp(min=1)
 
@@ -344,6 +343,19 @@ def find_classifier_checkpoint(path: str | Path) -> Path:
         if found is not None:
             return found
     raise LmforgeError(f"{path}: no classifier checkpoint ({HEAD_CONFIG}) found")
+
+
+def is_classifier(path: str | Path) -> bool:
+    """A classifier checkpoint, or a fine-tuning run with one (decoder or encoder under a head)."""
+    path = Path(path)
+    if (path / HEAD_CONFIG).is_file():
+        return True
+    if not (path / "checkpoints").is_dir():
+        return False
+    try:
+        return (find_classifier_checkpoint(path) / HEAD_CONFIG).is_file()
+    except LmforgeError:
+        return False
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"

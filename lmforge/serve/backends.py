@@ -443,19 +443,6 @@ def is_onnx(path: Path) -> bool:
                                       and not (path / "model.safetensors").is_file())  # fmt: skip
 
 
-def is_classifier(path: Path) -> bool:
-    from lmforge.finetune.classify import HEAD_CONFIG, find_classifier_checkpoint
-
-    if (path / HEAD_CONFIG).is_file():
-        return True
-    if not (path / "checkpoints").is_dir():
-        return False
-    try:
-        return (find_classifier_checkpoint(path) / HEAD_CONFIG).is_file()
-    except LmforgeError:
-        return False
-
-
 def load_language_model(path: str | Path, base: str | Path | None = None, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None, name: str | None = None,
                         threads: int | None = None) -> LanguageModel:  # fmt: skip
@@ -541,6 +528,8 @@ def load_served(sc: ServeConfig) -> Served:
         path = Path(sc.model)
         if not path.exists():
             raise LmforgeError(f"no such model: {path}")
+        from lmforge.finetune.classify import is_classifier
+
         if is_classifier(path):
             served.classifier = load_classifier_model(path, device, sc.model_name)
         else:

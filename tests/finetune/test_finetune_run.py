@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 import yaml
 from ft_helpers import FAST, alpaca_records, sentiment_records, write_jsonl
 from safetensors.torch import load_file
-from testkit import error_line
+from testkit import error_line, torchrun
 
 from lmforge.cli import main
 from lmforge.finetune import load_classifier
@@ -73,6 +70,14 @@ def test_classify_planted_signal_best_by_macro_f1(base: Path, cls_data: Path, tm
     assert model.pooling == "last" and labels == ["bad", "good"]
     probs = model.predict(encode_for_classifier(model, tokenizer, ["abxcdef", "abzcdef", "hgxfe", "hgzfe"]))
     assert [labels[i] for i in probs.argmax(-1).tolist()] == ["good", "bad", "good", "bad"]
+    # The evaluation stage scores the run through its head: `lmforge evaluate RUN --task classify`.
+    gold = ["good", "bad", "bad", "bad"]  # the third against the prediction above: accuracy 3/4
+    data = write_jsonl(tmp_path / "eval.jsonl", [{"text": t, "label": g} for t, g in
+                                                 zip(["abxcdef", "abzcdef", "hgxfe", "hgzfe"], gold)])  # fmt: skip
+    assert main(["evaluate", str(out), "--task", "classify", f"eval.classify.data={data}",
+                 "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    scored = json.loads((tmp_path / "eval" / "report.json").read_text())["tasks"]["classify"]
+    assert scored["n"] == 4 and scored["metrics"]["accuracy"] == 0.75
 
 
 def test_classify_with_auxiliary_lm_loss(base: Path, cls_data: Path, tmp_path: Path) -> None:
@@ -147,10 +152,7 @@ def test_two_processes_under_torchrun_match_one_and_resume_in_one(
             "finetune.packing=true", f"finetune.group_by_length={str(task == 'classify').lower()}"]  # fmt: skip
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(["finetune", *args, "train.micro_batch_size=4", "--out", str(single)]) == 0
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "lmforge.cli",
-           "finetune", *args, "--strategy", strategy, "--out", str(ddp)]  # fmt: skip
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=180)  # fmt: skip
+    result = torchrun("finetune", *args, "--strategy", strategy, "--out", str(ddp))
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = ({e["step"]: e["loss"] for e in events(run, "train")} for run in (single, ddp))
     assert one.keys() == two.keys() == set(range(1, 9))

@@ -16,12 +16,11 @@ import pytest
 import torch
 from helpers import TINY, write_shards
 from safetensors.torch import load_file
-from testkit import error_line
+from testkit import error_line, torchrun
 
 from lmforge.cli import main
 from lmforge.train import checkpoint as ckpt
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -279,11 +278,6 @@ def test_fresh_run_refuses_existing_checkpoints(
 # --------------------------------------------------------------------------------------------------------
 # Scale-out: 2 CPU processes under torchrun (gloo)
 # --------------------------------------------------------------------------------------------------------
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "lmforge.cli", *args]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=180, cwd=REPO)
 
 
 DIST = [*TINY, "train.max_steps=8", "train.save_every=4", "train.eval_every=4", "train.keep_last=5"]
