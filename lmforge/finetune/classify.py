@@ -1,4 +1,5 @@
-"""Text classification over our decoder: a Linear head on the last real token's (or the mean) hidden state.
+"""Text classification over our decoder: a Linear head on the pooled hidden states (`pooling`: the last real
+token's state, the mean or the max over real tokens, or `concat`: those three side by side, as ULMFiT).
 
 `ClassifierModel(gpt, num_labels, pooling)` is an `nn.Module` whose `forward(idx, targets, attention_mask)`
 returns `(logits (B, num_labels), loss)`, so the training loop drives it exactly as it drives the GPT. The
@@ -41,6 +42,7 @@ log = logging.getLogger("lmforge")
 
 HEAD_FILE = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_config.json"
+POOLINGS = ("last", "mean", "max", "concat")
 
 # ---------------------------------------------------------------------------------------------------------
 # Losses and class weights
@@ -84,6 +86,23 @@ def class_weights(label_ids: Sequence[int], num_labels: int, spec: str | Sequenc
 # ---------------------------------------------------------------------------------------------------------
 
 
+def pool_states(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
+    """(B, T, C) -> (B, C) over each row's real tokens (attention_mask 1; rows padded on either side): the
+    last one's state, the mean, or the max of each feature (padding never wins it)."""
+    if attention_mask is None:
+        return {"last": lambda: hidden[:, -1], "mean": lambda: hidden.mean(1), "max": lambda: hidden.amax(1)}[how]()
+    mask = attention_mask.to(hidden.device, torch.bool)
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "max":
+        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+    positions = torch.arange(mask.size(1), device=hidden.device).expand_as(mask)
+    last = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+
 class ClassifierModel(nn.Module):
     """Our GPT (`backbone`) with a Linear `head` over the pooled final hidden states."""
 
@@ -91,8 +110,8 @@ class ClassifierModel(nn.Module):
                  weight: Sequence[float] | None = None, focal_gamma: float = 0.0,
                  lm_loss_weight: float = 0.0) -> None:  # fmt: skip
         super().__init__()
-        if pooling not in ("last", "mean"):
-            raise ConfigError(f"finetune.pooling must be 'last' or 'mean', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"finetune.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if num_labels < 2:
             raise ConfigError(f"classification needs at least 2 labels, got {num_labels}")
         self.backbone = backbone
@@ -100,7 +119,8 @@ class ClassifierModel(nn.Module):
         self.pooling = pooling
         self.focal_gamma = focal_gamma
         self.lm_loss_weight = lm_loss_weight
-        self.head = nn.Linear(backbone.config.n_embd, num_labels)
+        # concat feeds the head the last token's state, the max and the mean side by side (3 x n_embd)
+        self.head = nn.Linear(backbone.config.n_embd * (3 if pooling == "concat" else 1), num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         w = torch.tensor(weight, dtype=torch.float32) if weight is not None else None
@@ -113,16 +133,10 @@ class ClassifierModel(nn.Module):
         return self.head.out_features
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """(B, T, C) -> (B, C): the last real token's state, or the mean over real tokens."""
-        if attention_mask is None:
-            return hidden[:, -1] if self.pooling == "last" else hidden.mean(dim=1)
-        mask = attention_mask.to(hidden.device, torch.bool)
-        if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        positions = torch.arange(mask.size(1), device=hidden.device).expand_as(mask)
-        last = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        """(B, T, C) -> (B, C), or (B, 3C) for concat: ULMFiT's [last, max, mean] side by side."""
+        if self.pooling != "concat":
+            return pool_states(hidden, attention_mask, self.pooling)
+        return torch.cat([pool_states(hidden, attention_mask, how) for how in ("last", "max", "mean")], dim=-1)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip

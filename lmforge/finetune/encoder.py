@@ -62,7 +62,7 @@ ENCODER_LORA_TARGETS: dict[str, list[str]] = {
 }
 ENCODER_MODEL_TYPES = tuple(ENCODER_LORA_TARGETS)
 DECODER_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")  # lmforge.model.hf_convert's
-POOLINGS = ("mean", "cls", "last")
+POOLINGS = ("mean", "cls", "last", "max")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,17 +281,10 @@ class EncoderClassifier(nn.Module):
         return self.head.out_features
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """(B, T, C) -> (B, C): the mean over real tokens, the first ([CLS]) or the last real token."""
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1) if self.pooling == "mean" else hidden[:, -1]
-        mask = attention_mask.to(hidden.device)
-        if self.pooling == "mean":
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        last = mask.long().sum(1).clamp(min=1) - 1  # right padding: the last real token
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        """(B, T, C) -> (B, C): the first token's state ([CLS]), or the last / mean / max over real tokens."""
+        from lmforge.finetune.classify import pool_states
+
+        return hidden[:, 0] if self.pooling == "cls" else pool_states(hidden, attention_mask, self.pooling)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip

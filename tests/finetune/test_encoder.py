@@ -181,12 +181,15 @@ def test_resume_gives_identical_weights(bert: Path, cls_data: Path, tmp_path: Pa
     assert f"resuming from {root / 'step-0000010'}" in (out / "logs" / "finetune.log").read_text()
 
 
-@pytest.mark.parametrize("model_type,projections", [("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin")),
-                                                     ("roberta", ("self.query", "self.key", "self.value"))])
-def test_other_encoder_families(cls_data: Path, tmp_path: Path, model_type: str, projections: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("model_type,projections,pooling",
+                         [("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin"), "max"),
+                          ("roberta", ("self.query", "self.key", "self.value"), "auto")])  # fmt: skip
+def test_other_encoder_families(cls_data: Path, tmp_path: Path, model_type: str, projections: tuple[str, ...],
+                                pooling: str) -> None:  # fmt: skip
     base = make_encoder_dir(tmp_path / model_type, model_type)
     out = tmp_path / "run"
-    report = finetune(base, cls_data, out, "--method", "lora", "train.max_steps=5", "lora.rank=2")
+    report = finetune(base, cls_data, out, "--method", "lora", "train.max_steps=5", "lora.rank=2",
+                      f"finetune.pooling={pooling}")  # fmt: skip
     assert report["steps"] == 5 and report["trainable_parameters"] < report["parameters"] / 4
     latest = ckpt.read_pointer(out / "checkpoints", "latest")
     assert latest is not None
@@ -195,6 +198,7 @@ def test_other_encoder_families(cls_data: Path, tmp_path: Path, model_type: str,
     # Loaded back, it predicts what fine-tuning measured on the same validation rows.
     model, _, _ = load_classifier(out)
     assert isinstance(model, EncoderClassifier) and model.backbone.config.model_type == model_type
+    assert model.pooling == ("mean" if pooling == "auto" else pooling)
     _, val = load_splits(cls_data, None, 0.1, 1337)  # the recipe's split: finetune.val_fraction, run.seed
     predicted = classifier_predictor(out)([r.fields["text"] for r in val])
     accuracy = sum(p == r.fields["label"] for p, r in zip(predicted, val)) / len(val)
@@ -232,6 +236,8 @@ def test_bad_encoder_inputs(bert: Path, cls_data: Path, tmp_path: Path, capsys: 
     assert "finetune.max_length=100" in line and "64" in line
     line = run_bad(bert, cls_data, out, capsys, "--task", "classify", "finetune.pooling=first")
     assert "finetune.pooling" in line
+    line = run_bad(bert, cls_data, out, capsys, "--task", "classify", "finetune.pooling=concat")
+    assert "finetune.pooling" in line and "'concat'" in line and "for an encoder" in line
     line = run_bad(bert, cls_data, out, capsys, "--task", "classify", "finetune.lm_loss_weight=0.2")
     assert "finetune.lm_loss_weight" in line and "decoder" in line
     assert not (out / "checkpoints").exists()

@@ -123,6 +123,28 @@ def test_classifier_pools_last_real_token_and_mean() -> None:
     torch.testing.assert_close(mean_logits[0], mean.head(hidden.mean(1))[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["max", "concat"])
+def test_classifier_max_and_concat_pooling_ignore_padding(pooling: str) -> None:
+    """max: the largest value of each feature over the real tokens; concat: [last, max, mean] into a 3C head.
+    A row padded on either side scores as the same text alone, so padding never wins the max."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = ClassifierModel(gpt, 2, pooling)
+    assert model.head.in_features == (48 if pooling == "concat" else 16)
+    text = torch.tensor([[3, 4, 5]])
+    ids = torch.tensor([[3, 4, 5, 0, 0], [0, 0, 3, 4, 5]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        hidden = gpt.forward_hidden(text)[0]
+        logits, _ = model(ids, attention_mask=mask)
+        alone, _ = model(text)
+    pooled = hidden.amax(0) if pooling == "max" else torch.cat([hidden[-1], hidden.amax(0), hidden.mean(0)])
+    expected = model.head(pooled)
+    for row in logits:
+        torch.testing.assert_close(row, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone[0], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_classifier_auxiliary_lm_loss_in_training_only() -> None:
     """lm_loss_weight w: training loss = classification loss + w x the GPT's own next-token loss on the real
     tokens (padding and the position after the last real token ignored); evaluation: classification alone."""

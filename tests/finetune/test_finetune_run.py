@@ -80,13 +80,18 @@ def test_classify_planted_signal_best_by_macro_f1(base: Path, cls_data: Path, tm
     assert scored["n"] == 4 and scored["metrics"]["accuracy"] == 0.75
 
 
-def test_classify_with_auxiliary_lm_loss(base: Path, cls_data: Path, tmp_path: Path) -> None:
+def test_classify_with_auxiliary_lm_loss_and_concat_pooling(base: Path, cls_data: Path, tmp_path: Path) -> None:
     """finetune.lm_loss_weight: the training loss carries the next-token loss too (far above the
-    classification loss it is evaluated by), and the classifier still learns the planted signal."""
+    classification loss it is evaluated by), and the classifier still learns the planted signal; with
+    pooling=concat its head reads [last, max, mean] and loads back as such."""
     out = tmp_path / "cls-lm"
     report = finetune(base, cls_data, out, "--task", "classify", "train.max_steps=60", "train.optim.lr=3e-3",
-                      "finetune.lm_loss_weight=0.2")  # fmt: skip
+                      "finetune.lm_loss_weight=0.2", "finetune.pooling=concat")  # fmt: skip
     assert report["best"] >= 0.9
+    model, tokenizer, labels = load_classifier(out)
+    assert model.pooling == "concat" and model.head.in_features == 3 * model.config.n_embd
+    probs = model.predict(encode_for_classifier(model, tokenizer, ["abxcdef", "abzcdef", "hgxfe", "hgzfe"]))
+    assert [labels[i] for i in probs.argmax(-1).tolist()] == ["good", "bad", "good", "bad"]
     plain = tmp_path / "cls-plain"  # the same seed and steps without it: same data order, same first batches
     finetune(base, cls_data, plain, "--task", "classify", "train.max_steps=5", "train.optim.lr=3e-3")
     with_lm, without = events(out, "train")[0], events(plain, "train")[0]
