@@ -358,7 +358,8 @@ class FinetuneConfig:
     packing: bool = False  # sft: several examples per row, attention kept inside each; else padding
     group_by_length: bool = False  # batches of rows of similar length (less padding), in a shuffled order
     # classify: auto = the last real token's state (decoder) or the mean over real tokens (encoder); max: each
-    # feature's largest value over the real tokens; concat (decoder): [last, max, mean]; cls: an encoder's first
+    # feature's largest value over the real tokens; concat (decoder): [last, max, mean]; cls: an encoder's
+    # first token
     pooling: Literal["auto", "last", "mean", "max", "concat", "cls"] = "auto"
     class_weights: Literal["balanced"] | list[float] | None = None  # classify: CE weights per class
     focal_gamma: float = 0.0  # classify: focal loss exponent (0: plain cross-entropy)

@@ -43,6 +43,7 @@ log = logging.getLogger("lmforge")
 HEAD_FILE = "classifier_head.safetensors"
 HEAD_CONFIG = "classifier_config.json"
 POOLINGS = ("last", "mean", "max", "concat")
+CONCAT_POOLINGS = ("last", "max", "mean")  # what `concat` puts side by side, in this order (ULMFiT's)
 
 # ---------------------------------------------------------------------------------------------------------
 # Losses and class weights
@@ -87,10 +88,10 @@ def class_weights(label_ids: Sequence[int], num_labels: int, spec: str | Sequenc
 
 
 def pool_states(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tensor:
-    """(B, T, C) -> (B, C) over each row's real tokens (attention_mask 1; rows padded on either side): the
-    last one's state, the mean, or the max of each feature (padding never wins it)."""
+    """(B, T, C) -> (B, C) over each row's real tokens (attention_mask 1; rows padded on either side, or no
+    padding when None): the last one's state, the mean, or the max of each feature (padding never wins it)."""
     if attention_mask is None:
-        return {"last": lambda: hidden[:, -1], "mean": lambda: hidden.mean(1), "max": lambda: hidden.amax(1)}[how]()
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
     mask = attention_mask.to(hidden.device, torch.bool)
     if how == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -100,7 +101,6 @@ def pool_states(hidden: Tensor, attention_mask: Tensor | None, how: str) -> Tens
     positions = torch.arange(mask.size(1), device=hidden.device).expand_as(mask)
     last = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-
 
 
 class ClassifierModel(nn.Module):
@@ -119,8 +119,8 @@ class ClassifierModel(nn.Module):
         self.pooling = pooling
         self.focal_gamma = focal_gamma
         self.lm_loss_weight = lm_loss_weight
-        # concat feeds the head the last token's state, the max and the mean side by side (3 x n_embd)
-        self.head = nn.Linear(backbone.config.n_embd * (3 if pooling == "concat" else 1), num_labels)
+        width = backbone.config.n_embd * (len(CONCAT_POOLINGS) if pooling == "concat" else 1)
+        self.head = nn.Linear(width, num_labels)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
         w = torch.tensor(weight, dtype=torch.float32) if weight is not None else None
@@ -136,7 +136,7 @@ class ClassifierModel(nn.Module):
         """(B, T, C) -> (B, C), or (B, 3C) for concat: ULMFiT's [last, max, mean] side by side."""
         if self.pooling != "concat":
             return pool_states(hidden, attention_mask, self.pooling)
-        return torch.cat([pool_states(hidden, attention_mask, how) for how in ("last", "max", "mean")], dim=-1)
+        return torch.cat([pool_states(hidden, attention_mask, how) for how in CONCAT_POOLINGS], dim=-1)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from lmforge.compress.quantize import quiet_torchao
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.finetune.classify import focal_loss, pad_right, pool_states
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -282,15 +283,11 @@ class EncoderClassifier(nn.Module):
 
     def pool(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         """(B, T, C) -> (B, C): the first token's state ([CLS]), or the last / mean / max over real tokens."""
-        from lmforge.finetune.classify import pool_states
-
         return hidden[:, 0] if self.pooling == "cls" else pool_states(hidden, attention_mask, self.pooling)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None,
                 attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """(logits, the (focal / weighted) cross-entropy over `targets` or None); rows right-padded."""
-        from lmforge.finetune.classify import focal_loss
-
         hidden = self.backbone(input_ids=idx, attention_mask=attention_mask).last_hidden_state
         logits = self.head(self.dropout(self.pool(hidden, attention_mask))).float()
         loss = None
@@ -311,8 +308,6 @@ class EncoderClassifier(nn.Module):
     @torch.no_grad()
     def predict(self, ids: Sequence[Sequence[int]], batch_size: int = 32) -> Tensor:
         """Class probabilities (N, num_labels) of token-id sequences (as `encode_texts` makes them)."""
-        from lmforge.finetune.classify import pad_right
-
         device = self.head.weight.device
         out = []
         for i in range(0, len(ids), batch_size):
